@@ -371,7 +371,7 @@ class Registry:
                     f"registry {self.url!r} keeps no files of its own; set blob_root= or {ENV_BLOBS} "
                     "to a directory every writer can reach."
                 )
-        root = Path(chosen)
+        root = Path(chosen).resolve()
         (root / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         return root
