@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modelpress.errors import ConfigError
+
 Verdict = Literal["continue", "accept_h0", "accept_h1"]
 GateDecision = Literal["continue", "promote", "rollback"]
 
@@ -87,7 +89,10 @@ class SPRT:
     __slots__ = ("p0", "p1", "upper", "lower", "_hit", "_miss", "llr", "n", "hits", "verdict")
 
     def __init__(self, p0: float, p1: float, *, alpha: float = 0.01, beta: float = 0.01) -> None:
-        RateTestConfig(p0=p0, p1=p1)
+        if not (0.0 < p0 < p1 < 1.0):
+            raise ConfigError(f"a sequential test needs 0 < p0 < p1 < 1; got p0={p0}, p1={p1}.")
+        if not (0.0 < alpha < 0.5 and 0.0 < beta < 0.5):
+            raise ConfigError(f"`alpha` and `beta` of a sequential test must be in (0, 0.5); got {alpha}, {beta}.")
         self.p0, self.p1 = p0, p1
         # Accepting H1 wrongly (rolling back a fine candidate) is the beta error,
         # accepting H0 wrongly (promoting a worse one) is the alpha error.

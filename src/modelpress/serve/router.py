@@ -643,7 +643,8 @@ class Router:
             state = self._states.get(model)
             if state is None or state.policy is not policy:
                 return  # someone changed the policy meanwhile; theirs wins
-            self._states[model] = _ModelState(target, policy)
+            # A later manual rollback should land on the stable version, not on the finished canary.
+            self._states[model] = _ModelState(target, SinglePolicy(policy.stable))
         self._emit(model, f"canary_{outcome}", target, policy, "canary-gate", policy.reason)
 
     def _require(self, model: str) -> _ModelState:
