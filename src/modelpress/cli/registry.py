@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
             table = Table(title=f"models in {reg.url}")
             for column in ("model", "versions", "latest", "aliases", "created"):
-                table.add_column(column)
+                table.add_column(column, no_wrap=column in ("model", "aliases"))
             for m in models:
                 aliases = ", ".join(f"{a}→v{v}" for a, v in m.aliases.items())
                 table.add_row(m.name, str(m.versions), f"v{m.latest}" if m.latest else "-", aliases, _when(m.created_at))
@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
 
         table = Table(title=f"versions of {name}")
         for column in ("version", "digest", "size", "aliases", "metrics", "created", "by"):
-            table.add_column(column)
+            # names and aliases must stay whole; free text columns wrap instead
+            table.add_column(column, no_wrap=column in ("version", "digest", "aliases"))
         for v in versions:
             table.add_row(
                 f"v{v.number}", v.digest[:12], _size(v.size_bytes), ", ".join(v.aliases),

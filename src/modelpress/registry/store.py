@@ -278,25 +278,16 @@ def tree_digest(files: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def _check_manifest(directory: Path, files: Mapping[str, str]) -> dict[str, Any]:
-    """Return the artifact's manifest, after checking the file hashes it declares."""
-    path = directory / _MANIFEST
-    if not path.is_file():
+def _check_manifest(directory: Path) -> dict[str, Any]:
+    """Return the artifact's manifest after checking every file hash it declares ({} without one)."""
+    if not (directory / _MANIFEST).is_file():
         return {}
+    from modelpress.artifact import verify_artifact
+
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); re-export the artifact.") from err
-    declared = manifest.get("files") if isinstance(manifest, dict) else None
-    if isinstance(declared, dict):
-        bad = []
-        for name, entry in declared.items():
-            expected = entry.get("sha256") if isinstance(entry, dict) else entry
-            if files.get(name) != expected:
-                bad.append(f"{name} (manifest {str(expected)[:12]}, on disk {str(files.get(name, 'missing'))[:12]})")
-        if bad:
-            raise ArtifactError(f"artifact {directory} does not match its manifest: {', '.join(bad)}; re-export it.")
-    return manifest if isinstance(manifest, dict) else {}
+        return verify_artifact(directory)
+    except ArtifactError as err:
+        raise ArtifactError(f"refusing to register {directory}: {err}; re-export the artifact.") from err
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -469,7 +460,7 @@ class Registry:
         files = hash_tree(source)
         if not files:
             raise ArtifactError(f"artifact directory {source} is empty.")
-        manifest = _check_manifest(source, files)
+        manifest = _check_manifest(source)
         digest = tree_digest(files)
         size = sum((source / rel).stat().st_size for rel in files)
         if on_stage:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 
-def make_artifact(directory: Path, *, seed: int = 0, extra: dict[str, bytes] | None = None) -> Path:
-    """Write a tiny real ONNX model (y = x @ W) and a manifest listing each file's sha256."""
+def make_artifact(directory: Path, *, seed: int = 0) -> Path:
+    """Write a tiny real ONNX model (logits = input @ W) as an artifact with modelpress.artifact."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    directory.mkdir(parents=True, exist_ok=True)
+    from modelpress.artifact import write_artifact
+    from modelpress.sources.models import ModelHandle, TensorSpec
+
+    scratch = directory.parent / f".{directory.name}.onnx"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
     weight = np.random.default_rng(seed).normal(size=(4, 3)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "W"], ["logits"])],
@@ -25,17 +27,12 @@ def make_artifact(directory: Path, *, seed: int = 0, extra: dict[str, bytes] | N
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(weight, "W")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), directory / "model.onnx")
-    for name, data in (extra or {}).items():
-        (directory / name).write_bytes(data)
-    files = {
-        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-        for p in sorted(directory.iterdir())
-        if p.name != "manifest.json"
-    }
-    manifest = {"format": "modelpress-artifact", "files": files, "task": "classification", "seed": seed}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return directory
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), scratch)
+    handle = ModelHandle(
+        spec=f"tiny-{seed}", inputs=(TensorSpec("input", ("batch", 4)),), outputs=("logits",),
+        task="classification", onnx_path=scratch,
+    )
+    return write_artifact(directory, handle=handle, manifest={"seed": seed})
 
 
 @pytest.fixture
