@@ -17,15 +17,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
-from modelpress.registry.store import (
-    AliasEventRow,
-    PolicyEventRow,
-    Registry,
-    VersionRow,
-    _now,
-    _utc,
-    default_actor,
-)
+from modelpress.registry.schema import AliasEventRow, PolicyEventRow, VersionRow
+from modelpress.registry.store import Registry, _now, _utc, default_actor
 
 log = logging.getLogger(__name__)
 

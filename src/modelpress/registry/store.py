@@ -17,16 +17,12 @@ points at missing bytes.
 from __future__ import annotations
 
 import getpass
-import hashlib
-import json
 import logging
 import os
 import random
-import shutil
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,24 +32,13 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Engine,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-)
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from modelpress.errors import ArtifactError, ConfigError, NotFoundError, RegistryError
+from modelpress.registry.blobs import BlobStore, hash_tree, tree_digest
+from modelpress.registry.schema import AliasEventRow, AliasRow, Base, LineageRow, ModelRow, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -61,89 +46,10 @@ DEFAULT_URL = "sqlite:///.modelpress/registry.db"
 ENV_URL = "MODELPRESS_REGISTRY"
 ENV_BLOBS = "MODELPRESS_BLOB_ROOT"
 _MANIFEST = "manifest.json"
-_CHUNK = 1 << 20
 # Packages whose versions decide whether an artifact runs the same elsewhere.
 _RUNTIME_PACKAGES = ("modelpress", "onnx", "onnxruntime", "openvino", "torch", "numpy")
 
 RegisterStage = Literal["hashed", "copied", "inserted"]
-
-
-class Base(DeclarativeBase):
-    """Declarative base of every registry table."""
-
-
-class ModelRow(Base):
-    __tablename__ = "models"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class VersionRow(Base):
-    __tablename__ = "versions"
-    __table_args__ = (
-        UniqueConstraint("model_id", "number", name="uq_version_number"),
-        UniqueConstraint("model_id", "digest", name="uq_version_digest"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    digest: Mapped[str] = mapped_column(String(64), index=True)
-    files: Mapped[dict[str, Any]] = mapped_column(JSON)
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_by: Mapped[str] = mapped_column(String(200))
-
-
-class AliasRow(Base):
-    __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("model_id", "alias", name="uq_alias"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
-    alias: Mapped[str] = mapped_column(String(100))
-    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
-
-
-class AliasEventRow(Base):
-    __tablename__ = "alias_history"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
-    alias: Mapped[str] = mapped_column(String(100))
-    old_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"), nullable=True)
-    new_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"), nullable=True)
-    action: Mapped[str] = mapped_column(String(20))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    by: Mapped[str] = mapped_column(String(200))
-    reason: Mapped[str] = mapped_column(Text, default="")
-
-
-class LineageRow(Base):
-    __tablename__ = "lineage"
-    __table_args__ = (UniqueConstraint("parent_id", "child_id", name="uq_lineage_edge"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    parent_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
-    child_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
-    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-class PolicyEventRow(Base):
-    __tablename__ = "policy_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model: Mapped[str] = mapped_column(String(200), index=True)
-    action: Mapped[str] = mapped_column(String(40))
-    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
-    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    by: Mapped[str] = mapped_column(String(200))
-    reason: Mapped[str] = mapped_column(Text, default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,32 +158,6 @@ def runtime_versions() -> dict[str, str]:
     return found
 
 
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_tree(directory: Path) -> dict[str, str]:
-    """Return ``{relative posix path: sha256}`` for every file under ``directory``."""
-    files: dict[str, str] = {}
-    for path in sorted(directory.rglob("*")):
-        if path.is_symlink():
-            raise ArtifactError(f"artifact {directory} contains a symlink {path}; copy the real file in instead.")
-        if path.is_file():
-            files[path.relative_to(directory).as_posix()] = sha256_file(path)
-    return files
-
-
-def tree_digest(files: Mapping[str, str]) -> str:
-    """Return the content address of an artifact: sha256 over its sorted (path, sha256) list."""
-    canonical = json.dumps(sorted(files.items()), separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()
-
-
 def _check_manifest(directory: Path) -> dict[str, Any]:
     """Return the artifact's manifest after checking every file hash it declares ({} without one)."""
     if not (directory / _MANIFEST).is_file():
@@ -317,6 +197,7 @@ class Registry:
         self.url = url or os.environ.get(ENV_URL) or DEFAULT_URL
         self.engine = self._make_engine(self.url, busy_timeout_s)
         self.blob_root = self._blob_root(blob_root)
+        self.blobs = BlobStore(self.blob_root)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
 
@@ -362,10 +243,7 @@ class Registry:
                     f"registry {self.url!r} keeps no files of its own; set blob_root= or {ENV_BLOBS} "
                     "to a directory every writer can reach."
                 )
-        root = Path(chosen).resolve()
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
-        return root
+        return Path(chosen).resolve()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -379,8 +257,13 @@ class Registry:
                 with self._session() as session:
                     return work(session)
             except (IntegrityError, OperationalError) as err:
-                if attempt == attempts - 1 or not _is_race(err):
-                    raise
+                if not _is_race(err):
+                    raise RegistryError(f"registry {self.url} refused the write: {getattr(err, 'orig', err)}") from err
+                if attempt == attempts - 1:
+                    raise RegistryError(
+                        f"registry {self.url} stayed busy through {attempts} attempts ({getattr(err, 'orig', err)}); "
+                        "another writer holds it: retry, or raise busy_timeout_s."
+                    ) from err
                 # jittered back-off so colliding writers do not collide again in step
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
@@ -393,36 +276,7 @@ class Registry:
 
     def blob_path(self, digest: str) -> Path:
         """Return where the bytes of the artifact with this digest live."""
-        return self.blob_root / "sha256" / digest[:2] / digest
-
-    def _store_blob(self, source: Path, files: Mapping[str, str], digest: str) -> Path:
-        final = self.blob_path(digest)
-        if final.is_dir():
-            self._verify(final, files, digest)
-            return final
-        staging = self.blob_root / "tmp" / f"{digest[:12]}-{uuid.uuid4().hex}"
-        shutil.copytree(source, staging, symlinks=False)
-        self._verify(staging, files, digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staging, final)
-        except OSError:
-            # Another writer moved the same bytes into place first.
-            shutil.rmtree(staging, ignore_errors=True)
-            if not final.is_dir():
-                raise
-            self._verify(final, files, digest)
-        return final
-
-    @staticmethod
-    def _verify(directory: Path, files: Mapping[str, str], digest: str) -> None:
-        found = hash_tree(directory)
-        if found != dict(files):
-            changed = sorted(name for name in set(found) | set(files) if found.get(name) != files.get(name))
-            raise ArtifactError(
-                f"stored artifact {digest[:12]} at {directory} fails its sha256 check on {', '.join(changed)}; "
-                "the blob store was modified or corrupted. Re-register the artifact from its source."
-            )
+        return self.blobs.path(digest)
 
     # -------------------------------------------------------------- register
 
@@ -465,7 +319,7 @@ class Registry:
         size = sum((source / rel).stat().st_size for rel in files)
         if on_stage:
             on_stage("hashed")
-        self._store_blob(source, files, digest)
+        self.blobs.put(source, files, digest)
         if on_stage:
             on_stage("copied")
         meta = {**(dict(metadata) if metadata else {}), "runtime": runtime_versions()}
@@ -562,7 +416,7 @@ class Registry:
         if not directory.is_dir():
             raise ArtifactError(f"{info.ref} ({info.digest[:12]}) has no bytes at {directory}; the blob store was removed or moved.")
         if verify:
-            self._verify(directory, info.files, info.digest)
+            self.blobs.verify(directory, info.files, info.digest)
         return directory
 
     def models(self) -> list[ModelInfo]:
@@ -667,6 +521,10 @@ class Registry:
             _, child_row = self._resolve(session, child)
             if parent_row.id == child_row.id:
                 raise ConfigError(f"a version cannot be its own parent ({child}).")
+            exists = session.scalar(select(LineageRow).where(LineageRow.parent_id == parent_row.id, LineageRow.child_id == child_row.id))
+            if exists is not None:
+                exists.recipe = dict(recipe or exists.recipe)
+                return
             session.add(LineageRow(parent_id=parent_row.id, child_id=child_row.id, recipe=dict(recipe or {})))
 
         self._retrying(work)
@@ -727,27 +585,8 @@ class Registry:
         """Remove blobs no version references and staging dirs older than ``temp_age_s``."""
         with self._sessions() as session:
             referenced = set(session.scalars(select(VersionRow.digest)).all())
-        orphans, freed = [], 0
-        for shard in sorted((self.blob_root / "sha256").iterdir()):
-            for blob in sorted(shard.iterdir()) if shard.is_dir() else []:
-                if blob.name not in referenced:
-                    orphans.append(blob.name)
-                    freed += _tree_size(blob)
-                    if not dry_run:
-                        shutil.rmtree(blob, ignore_errors=True)
-        stale = []
-        cutoff = time.time() - temp_age_s
-        for staging in sorted((self.blob_root / "tmp").iterdir()):
-            if staging.stat().st_mtime < cutoff:
-                stale.append(staging.name)
-                freed += _tree_size(staging)
-                if not dry_run:
-                    shutil.rmtree(staging, ignore_errors=True)
+        orphans, stale, freed = self.blobs.sweep(referenced, dry_run=dry_run, temp_age_s=temp_age_s)
         return GcReport(tuple(orphans), tuple(stale), freed, dry_run)
-
-
-def _tree_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -767,7 +606,8 @@ def _check_name(value: str, what: str) -> None:
 
 
 def _is_race(err: Exception) -> bool:
-    if isinstance(err, IntegrityError):
-        return True
     text = str(getattr(err, "orig", err)).lower()
+    if isinstance(err, IntegrityError):
+        # two writers picked the same version number or created the same model/alias at once
+        return "unique" in text or "duplicate" in text
     return "locked" in text or "busy" in text

@@ -9,7 +9,7 @@ import pytest
 
 from modelpress.errors import ArtifactError, ConfigError, NotFoundError, RegistryError
 from modelpress.registry import PolicyRecorder, Registry, alias_history, policy_history, record_policy_change
-from modelpress.registry.store import hash_tree, tree_digest
+from modelpress.registry.blobs import hash_tree, tree_digest
 
 
 def test_register_numbers_versions_and_is_content_addressed(registry: Registry, artifact_factory) -> None:
@@ -152,7 +152,7 @@ def test_gc_removes_only_unreferenced_blobs(registry: Registry, artifact_factory
     kept = registry.register("tiny", artifact_factory(0))
     orphan = artifact_factory(1)
     digest = tree_digest(hash_tree(orphan))
-    registry._store_blob(orphan, hash_tree(orphan), digest)  # what a crash after the copy leaves
+    registry.blobs.put(orphan, hash_tree(orphan), digest)  # what a crash after the copy leaves
 
     dry = registry.gc(dry_run=True)
     assert dry.orphan_blobs == (digest,) and registry.blob_path(digest).is_dir()
