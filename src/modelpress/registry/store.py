@@ -32,7 +32,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -198,8 +198,9 @@ class Registry:
         self.engine = self._make_engine(self.url, busy_timeout_s)
         self.blob_root = self._blob_root(blob_root)
         self.blobs = BlobStore(self.blob_root)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine.execution_options(modelpress_read_only=True), expire_on_commit=False)
+        self._write_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._create_schema()
 
     # ----------------------------------------------------------------- setup
 
@@ -229,9 +230,22 @@ class Registry:
             def _sqlite_begin(connection: Any) -> None:
                 # IMMEDIATE takes the write lock up front, so two writers queue on the
                 # busy timeout instead of one failing when it upgrades a read lock.
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                # Readers begin deferred: under WAL they never wait for a writer.
+                read_only = connection.get_execution_options().get("modelpress_read_only", False)
+                connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
+
+    def _create_schema(self) -> None:
+        # Look before creating: create_all takes the write lock, and a reader such as
+        # `registry ls` must not wait for a writer just to find the tables there.
+        reader = self.engine.execution_options(modelpress_read_only=True)
+        try:
+            missing = set(Base.metadata.tables) - set(inspect(reader).get_table_names())
+        except OperationalError as err:
+            raise RegistryError(f"registry {self.url} could not be read: {getattr(err, 'orig', err)}") from err
+        if missing:
+            Base.metadata.create_all(self.engine)
 
     def _blob_root(self, blob_root: str | Path | None) -> Path:
         chosen = blob_root or os.environ.get(ENV_BLOBS)
@@ -247,7 +261,8 @@ class Registry:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        """Open a write transaction (reads use ``self._sessions()``, which never take the write lock)."""
+        with self._write_sessions() as session, session.begin():
             yield session
 
     def _retrying(self, work: Callable[[Session], Any], *, attempts: int = 8) -> Any:

@@ -107,3 +107,24 @@ def test_a_crash_mid_register_leaves_no_half_entry(tmp_path: Path, artifact_fact
     assert reg.path("crashy@v1").is_dir()
     with sqlite3.connect(tmp_path / "reg" / "registry.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_readers_never_wait_for_a_writer_and_a_stuck_writer_gives_a_clear_error(tmp_path: Path, artifact_factory) -> None:
+    from modelpress.errors import RegistryError
+
+    db = tmp_path / "reg" / "registry.db"
+    url = f"sqlite:///{db}"
+    Registry(url).register("tiny", artifact_factory(0))
+    holder = sqlite3.connect(db, isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        reg = Registry(url, busy_timeout_s=0.2)
+        assert [v.number for v in reg.versions("tiny")] == [1]
+        assert reg.path("tiny@v1").is_dir()
+        with pytest.raises(RegistryError, match="stayed busy through"):
+            reg.set_alias("tiny", "production", 1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    reg.set_alias("tiny", "production", 1)
+    assert reg.get("tiny@production").number == 1
