@@ -10,7 +10,7 @@ from modelpress.registry.history import (
     policy_history,
     record_policy_change,
 )
-from modelpress.registry.store import DEFAULT_URL, GcReport, ModelInfo, Registry, VersionInfo
+from modelpress.registry.store import DEFAULT_URL, GcReport, ModelInfo, Registry, VersionInfo, open_registry
 
 __all__ = [
     "DEFAULT_URL",
@@ -23,5 +23,6 @@ __all__ = [
     "VersionInfo",
     "alias_history",
     "policy_history",
+    "open_registry",
     "record_policy_change",
 ]

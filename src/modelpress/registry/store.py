@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -39,6 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelpress.errors import ArtifactError, ConfigError, NotFoundError, RegistryError
 from modelpress.registry.blobs import BlobStore, hash_tree, tree_digest
 from modelpress.registry.schema import AliasEventRow, AliasRow, Base, LineageRow, ModelRow, VersionRow
+
+if TYPE_CHECKING:
+    from modelpress.sources.models import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +437,18 @@ class Registry:
             self.blobs.verify(directory, info.files, info.digest)
         return directory
 
+    def load(self, ref: str, *, with_module: bool = True) -> ModelHandle:
+        """Load the version ``ref`` names as a ModelHandle, its bytes verified first.
+
+        This is what the model spec ``registry:NAME@ALIAS`` resolves to.
+        """
+        from modelpress.artifact import load_artifact
+
+        info = self.get(ref)
+        handle = load_artifact(self.path(ref), with_module=with_module)
+        handle.spec = f"registry:{info.ref}"
+        return handle
+
     def models(self) -> list[ModelInfo]:
         """Return every model with its version count, latest version and aliases."""
         with self._sessions() as session:
@@ -626,3 +641,8 @@ def _is_race(err: Exception) -> bool:
         # two writers picked the same version number or created the same model/alias at once
         return "unique" in text or "duplicate" in text
     return "locked" in text or "busy" in text
+
+
+def open_registry(url: str | None = None, *, blob_root: str | Path | None = None) -> Registry:
+    """Open the registry ``url`` names, else ``MODELPRESS_REGISTRY``, else ``./.modelpress/registry.db``."""
+    return Registry(url, blob_root=blob_root)
