@@ -238,12 +238,18 @@ class CanaryPolicy:
                 f"`max_samples` ({max_samples}) of a canary must cover every step "
                 f"({len(steps)} x {min_samples_per_step} samples)."
             )
+        gate = gate or GateConfig()
+        if not compare and gate.disagreement is not None:
+            raise ConfigError(
+                "a canary with `compare` off never sees a disagreement, so its gate could never promote; "
+                "set gate.disagreement to null (watch errors and latency only) or keep `compare` on."
+            )
         self.stable, self.candidate = stable, candidate
         self.steps = steps
         self.min_samples_per_step = min_samples_per_step
         self.max_samples = max_samples
         self.compare = compare
-        self.gate_config = gate or GateConfig()
+        self.gate_config = gate
         self.gate = CanaryGate(self.gate_config)
         self.step = 0
         self.share = steps[0]

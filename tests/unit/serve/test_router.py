@@ -183,6 +183,24 @@ def test_canary_validation() -> None:
         CanaryPolicy("v1", "v1")
     with pytest.raises(ConfigError, match="`max_samples`"):
         CanaryPolicy("v1", "v2", min_samples_per_step=100, max_samples=50)
+    with pytest.raises(ConfigError, match="`compare` off never sees a disagreement"):
+        CanaryPolicy("v1", "v2", compare=False)
+    no_compare = CanaryPolicy("v1", "v2", compare=False, gate=GateConfig(disagreement=None))
+    assert all(no_compare.route("m", f"k{i}", None).shadow is None for i in range(200))  # type: ignore[arg-type]
+
+
+def test_canary_without_a_verdict_rolls_back_at_max_samples() -> None:
+    # rates right between p0 and p1 keep the test undecided
+    gate = GateConfig(disagreement=None, latency=None, error_rate={"p0": 0.05, "p1": 0.15})
+    router = Router(seed=0)
+    policy = CanaryPolicy("v1", "v2", steps=(1.0,), min_samples_per_step=10, max_samples=60, gate=gate, compare=False)
+    router.add_model("m", policy)
+    for i in range(1000):  # every 10th request fails: 10%, between p0 and p1
+        router.record(router.route("m"), latency_s=0.01, error=i % 10 == 0)
+        if policy.state != "running":
+            break
+    assert policy.state == "rolled_back" and policy.samples == 60
+    assert "no verdict after 60 candidate requests" in policy.reason
 
 
 def test_switch_and_rollback_are_atomic_under_concurrent_routing() -> None:
