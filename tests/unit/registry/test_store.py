@@ -196,3 +196,20 @@ def test_json_views_round_trip(registry: Registry, artifact_factory) -> None:
     data = json.loads(json.dumps(info.as_dict()))
     assert data["ref"] == "tiny@v1" and data["digest"] == info.digest
     assert json.loads(json.dumps([m.as_dict() for m in registry.models()]))[0]["latest"] == 1
+
+
+def test_load_returns_a_handle_on_the_verified_stored_bytes(tmp_path: Path, artifact_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelpress.registry import open_registry
+    from modelpress.sources.models import load_model
+
+    monkeypatch.setenv("MODELPRESS_REGISTRY", f"sqlite:///{tmp_path / 'env-reg' / 'registry.db'}")
+    reg = open_registry()
+    info = reg.register("tiny", artifact_factory(0))
+    reg.set_alias("tiny", "production", 1)
+
+    handle = load_model("registry:tiny@production")
+    assert handle.onnx_path == reg.blob_path(info.digest) / "model.onnx"
+    assert handle.outputs == ("logits",) and handle.inputs[0].shape == ("batch", 4)
+    (reg.blob_path(info.digest) / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="fails its sha256 check on model.onnx"):
+        reg.load("tiny@production")
