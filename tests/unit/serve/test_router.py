@@ -298,3 +298,15 @@ def test_policy_specs_round_trip(policy) -> None:
 def test_bad_policy_specs_name_the_field(spec: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         policy_from_dict(spec)
+
+
+def test_a_failing_history_write_never_blocks_a_rollback() -> None:
+    def broken(event: PolicyEvent) -> None:
+        raise OSError("disk full")
+
+    router = Router(on_event=broken, seed=0)
+    router.add_model("m", "v1")
+    router.switch("m", "v2")
+    event = router.rollback("m", by="oncall", reason="errors")
+    assert router.route("m").primary == "v1"
+    assert (event.action, event.previous) == ("rollback", {"kind": "single", "version": "v2"})
