@@ -187,7 +187,8 @@ def load_runner(
     from modelpress.runtime import load_session
     from modelpress.runtime.base import RuntimeOptions
 
-    handle = load_artifact(artifact_dir)
+    # the torch module is only needed when torch itself runs the model
+    handle = load_artifact(artifact_dir, with_module=backend == "torch")
     options = RuntimeOptions(threads=threads)
     sessions = [load_session(handle, backend, options) for _ in range(instances)]
     inputs = [tensor_meta_from_spec(s) for s in handle.inputs]

@@ -5,7 +5,6 @@ Built with ``onnx.helper`` in milliseconds; nothing downloads.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,10 +122,9 @@ class OrtSession:
         return out
 
 
-def write_fake_artifact(directory: Path, onnx_file: Path, *, version: str | None = None) -> Path:
-    """Make an artifact-shaped directory (model.onnx + manifest.json) around an ONNX file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.onnx").write_bytes(Path(onnx_file).read_bytes())
-    manifest = {"format": "modelpress-artifact"} | ({"version": version} if version else {})
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    return directory
+def write_test_artifact(directory: Path, onnx_file: Path) -> Path:
+    """Write a real artifact directory (manifest with hashes) around an ONNX file."""
+    from modelpress.artifact import write_artifact
+    from modelpress.sources.models import load_model
+
+    return write_artifact(directory, handle=load_model(f"onnx:{onnx_file}"))
