@@ -52,7 +52,9 @@ def build_repository(
     repo = ModelRepository()
     for runner in runners:
         policy = dataclasses.replace(config.for_model(runner.name).batching.policy(), instances=runner.instances)
-        batcher = DynamicBatcher(runner.run, policy, pad=runner.pad_specs(), clock=clock)
+        batcher = DynamicBatcher(
+            runner.run, policy, pad=runner.pad_specs(), seq_outputs=runner.seq_outputs, clock=clock
+        )
         holder: list[LoadedVersion] = []
         vm = metrics.for_version(
             runner.name, runner.version, depth=lambda b=batcher: b.depth, in_flight=lambda h=holder: h[0].in_flight

@@ -178,6 +178,8 @@ class DynamicBatcher:
             (e.g. a thread-pool call into ``Session.run``).
         policy: batching policy.
         pad: variable axes per input name; inputs not named are never padded.
+        seq_outputs: which outputs have the padded length on axis 1 (cut back
+            to each caller's own length); none when not given.
         clock: time source; the loop's clock unless testing.
         observer: told about every executed batch.
     """
@@ -188,6 +190,7 @@ class DynamicBatcher:
         policy: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen, safe to share
         *,
         pad: Mapping[str, PadSpec] | None = None,
+        seq_outputs: Sequence[bool] = (),
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
@@ -195,6 +198,7 @@ class DynamicBatcher:
         self.policy = policy
         self._pad = dict(pad or {})
         self._pad_names = tuple(self._pad)
+        self._seq_outputs = tuple(seq_outputs)
         self._clock = clock or LoopClock()
         self.observer = observer
         self._queue: deque[_Pending] = deque()
@@ -386,8 +390,12 @@ class DynamicBatcher:
         if self.observer is not None:
             self.observer.on_batch(batch.rows, len(batch.requests))
         offset = 0
+        seq = self._seq_outputs
         for p in batch.requests:
-            mine = tuple(_unpad(o[offset : offset + p.rows], p.lengths, batch.targets) for o in outputs)
+            mine = tuple(
+                _unpad(o[offset : offset + p.rows], p.lengths, batch.targets) if i < len(seq) and seq[i] else o[offset : offset + p.rows]
+                for i, o in enumerate(outputs)
+            )
             offset += p.rows
             if not p.future.done():
                 p.future.set_result(Result(mine, started - p.enqueued_at, compute, batch.rows))
@@ -405,9 +413,7 @@ def _pad_to(arr: np.ndarray, axes: tuple[int, ...], target: tuple[int, ...], val
 
 def _unpad(out: np.ndarray, lengths: tuple[tuple[int, ...], ...], targets: tuple[tuple[int, ...], ...]) -> np.ndarray:
     # A per-token output (batch, seq, ...) came back at the padded length; cut it
-    # to the caller's own. Convention: the sequence axis of outputs is axis 1.
-    if out.ndim < 2:
-        return out
+    # to the caller's own. The runner finds which outputs have a sequence axis 1.
     for mine, padded in zip(lengths, targets):
         for own, full in zip(mine, padded):
             if own != full and out.shape[1] == full:

@@ -60,6 +60,8 @@ class ModelRunner:
         self._sessions = tuple(sessions)
         self._pool = ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix=f"model-{name}-{version}")
         self.outputs = tuple(outputs) if outputs is not None else self._probe_outputs()
+        # -1 on axis 1 of an output marks a per-token output that follows the input length
+        self.seq_outputs = tuple(len(o.shape) > 1 and o.shape[1] == -1 for o in self.outputs)
 
     @property
     def instances(self) -> int:
@@ -76,11 +78,18 @@ class ModelRunner:
         return out
 
     def _probe_outputs(self) -> tuple[TensorMeta, ...]:
-        # A warm-up run both finds output dtypes/shapes and pays first-call costs before traffic.
-        results = self.run_sync(self.example_inputs(1), 0)
-        return tuple(
-            TensorMeta(n, datatype_of(r.dtype), (-1, *r.shape[1:])) for n, r in zip(self.output_names, results)
-        )
+        # Warm-up runs find output dtypes and shapes and pay first-call costs before traffic;
+        # with variable-length inputs, two lengths show which output axes follow them.
+        results = self.run_sync(self.example_inputs(1, seq_len=5), 0)
+        if self.pad_specs():
+            other = self.run_sync(self.example_inputs(1, seq_len=7), 0)
+        else:
+            other = results
+        metas = []
+        for n, r, o in zip(self.output_names, results, other):
+            shape = tuple(-1 if i == 0 or r.shape[i] != o.shape[i] else r.shape[i] for i in range(r.ndim))
+            metas.append(TensorMeta(n, datatype_of(r.dtype), shape))
+        return tuple(metas)
 
     def pad_specs(self) -> dict[str, PadSpec]:
         """Return the variable non-batch axes of each input (what padding may touch)."""

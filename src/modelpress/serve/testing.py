@@ -128,3 +128,53 @@ def write_test_artifact(directory: Path, onnx_file: Path) -> Path:
     from modelpress.sources.models import load_model
 
     return write_artifact(directory, handle=load_model(f"onnx:{onnx_file}"))
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadedServer:
+    """Run an ASGI app on uvicorn in a background thread (tests and benchmarks).
+
+    Use as a context manager; leaving it asks uvicorn to shut down gracefully
+    (as SIGTERM does) and waits for it.
+    """
+
+    def __init__(self, app: object, *, port: int | None = None, graceful_s: float = 10.0) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+            lifespan="on", timeout_graceful_shutdown=graceful_s,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: object = None
+
+    def __enter__(self) -> ThreadedServer:
+        import threading
+
+        thread = threading.Thread(target=self.server.run, daemon=True)
+        thread.start()
+        self._thread = thread
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Ask the server to drain and exit, then wait for its thread."""
+        self.server.should_exit = True
+        self._thread.join(timeout=60)  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

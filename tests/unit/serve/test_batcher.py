@@ -232,7 +232,8 @@ class SeqModel:
 async def test_variable_length_requests_are_padded_or_bucketed_and_cut_back(padding, calls):
     model = SeqModel()
     pad = {"ids": PadSpec((1,), 0), "mask": PadSpec((1,), 0)}
-    b = DynamicBatcher(model, BatchPolicy(max_batch_size=8, padding=padding, buckets=(8, 16)), pad=pad, clock=FakeClock())
+    policy = BatchPolicy(max_batch_size=8, padding=padding, buckets=(8, 16))
+    b = DynamicBatcher(model, policy, pad=pad, seq_outputs=(False, True), clock=FakeClock())
     b.start()
     model.gate = asyncio.get_running_loop().create_future()
     lengths = [3, 5, 7, 40, 3]
