@@ -163,17 +163,17 @@ def _tensor_from_json(entry: Mapping[str, Any], where: str, shape: tuple[int, ..
     return arr.reshape(shape)
 
 
-def _tensor_from_binary(raw: bytes, where: str, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+def _tensor_from_binary(raw: memoryview, where: str, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _decode_bytes_tensor(raw, count, where).reshape(shape)
+        return _decode_bytes_tensor(bytes(raw), count, where).reshape(shape)
     dtype = DATATYPE_TO_DTYPE[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InferenceInputError(
             f"{where}: binary_data_size is {len(raw)} bytes but shape {list(shape)} of {datatype} "
             f"needs {count * dtype.itemsize}"
         )
-    # frombuffer over an immutable bytes object is read-only; no copy is needed to run a model.
+    # a read-only view into the request body: no copy is needed to run a model
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -241,7 +241,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                     f"{where}: binary_data_size {size} runs past the end of the body "
                     f"({len(tail) - pos} binary bytes left)"
                 )
-            inputs[name] = _tensor_from_binary(bytes(tail[pos : pos + size]), where, shape, datatype)
+            inputs[name] = _tensor_from_binary(tail[pos : pos + size], where, shape, datatype)
             pos += size
         else:
             inputs[name] = _tensor_from_json(entry, where, shape, datatype)
