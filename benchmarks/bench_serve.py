@@ -121,25 +121,35 @@ def minilm() -> Path:
 # ---------------------------------------------------------------- measuring
 
 
-def in_process_throughput(model_dir: Path, name: str, seconds: float) -> dict[str, float]:
-    """Rows per second of Session.run at batch 1 and 8, 2 threads, on this process."""
-    from modelpress.artifact import load_artifact
-    from modelpress.runtime import load_session
-    from modelpress.runtime.base import RuntimeOptions
+class InProcess:
+    """Session.run at batch 1 and 8 with 2 threads, in this process (no server, no HTTP)."""
 
-    handle = load_artifact(model_dir / name, with_module=False)
-    session = load_session(handle, "onnxruntime", RuntimeOptions(threads=2))
-    out = {}
-    for batch in (1, 8):
-        x = handle.example_inputs(batch)
-        for _ in range(3):
-            session.run(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            session.run(x)
-            n += batch
-        out[f"batch{batch}"] = n / (time.perf_counter() - t0)
-    return out
+    def __init__(self, model_dir: Path, name: str) -> None:
+        from modelpress.artifact import load_artifact
+        from modelpress.runtime import load_session
+        from modelpress.runtime.base import RuntimeOptions
+
+        handle = load_artifact(model_dir / name, with_module=False)
+        self.session = load_session(handle, "onnxruntime", RuntimeOptions(threads=2))
+        self.inputs = {b: handle.example_inputs(b) for b in (1, 8)}
+        self.rows = {1: 0, 8: 0}
+        self.seconds = {1: 0.0, 8: 0.0}
+        for x in self.inputs.values():
+            for _ in range(3):
+                self.session.run(x)
+
+    def measure(self, seconds: float) -> None:
+        """Run each batch size for ``seconds / 2`` and add to the totals."""
+        for batch, x in self.inputs.items():
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 2:
+                self.session.run(x)
+                self.rows[batch] += batch
+            self.seconds[batch] += time.perf_counter() - t0
+
+    def throughput(self) -> dict[str, float]:
+        """Return rows per second per batch size."""
+        return {f"batch{b}": self.rows[b] / self.seconds[b] for b in self.rows}
 
 
 class Server:
@@ -178,19 +188,35 @@ class Server:
             self.proc.kill()
 
 
-def load(url: str, model: str, *, concurrency: int = 32, duration: float, warmup: float = 2.0, seq_len=(16, 16), malformed: float = 0.0, rate=None):
+def load(url: str, model: str, *, concurrency: int = 32, duration: float, warmup: float = 1.0, seq_len=(16, 16), malformed: float = 0.0):
     from modelpress.serve.loadtest import LoadConfig, run_load
 
-    cfg = LoadConfig(url=url, model=model, concurrency=concurrency, rate=rate, duration_s=duration, warmup_s=warmup, payload="binary",
+    cfg = LoadConfig(url=url, model=model, concurrency=concurrency, duration_s=duration, warmup_s=warmup, payload="binary",
                      seq_len=seq_len, malformed_share=malformed)
     return asyncio.run(run_load(cfg))
 
 
-def served(model_dir: Path, model: str, flags: list[str], **kw):
-    with Server(model_dir, *flags) as srv:
-        report = load(srv.url, model, **kw)
-    log(f"{model} {' '.join(flags) or '(defaults)'}: {report.summary()}")
-    return report
+def interleaved(model_dir: Path, model: str, variants: dict[str, list[str]], *, rounds: int, seconds: float, between=None, **kw):
+    """Load each server variant in turn, ``rounds`` times, so machine drift hits all alike; merge per variant."""
+    from modelpress.serve.loadtest import LoadReport
+
+    servers = {label: Server(model_dir, *flags) for label, flags in variants.items()}
+    parts: dict[str, list] = {label: [] for label in variants}
+    try:
+        for srv in servers.values():
+            srv.__enter__()
+        for r in range(rounds):
+            if between is not None:
+                between(seconds)
+            for label, srv in servers.items():
+                parts[label].append(load(srv.url, model, duration=seconds, warmup=1.0 if r == 0 else 0.3, **kw))
+    finally:
+        for srv in servers.values():
+            srv.__exit__()
+    merged = {label: LoadReport.merge(p) for label, p in parts.items()}
+    for label, rep in merged.items():
+        log(f"{model} {label}: {rep.summary()}")
+    return merged
 
 
 def batcher_overhead(model_dir: Path, name: str, n: int) -> dict[str, float]:
@@ -245,7 +271,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test, numbers are noisy)")
     args = parser.parse_args()
     q = args.quick
-    long_s, mid_s, sat_s, ip_s = (4.0, 3.0, 4.0, 2.0) if q else (30.0, 15.0, 60.0, 10.0)
+    long_s, mid_s, sat_s = (4.0, 3.0, 4.0) if q else (30.0, 15.0, 60.0)
     MODELS.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"quick": q}
     lines: list[str] = []
@@ -255,23 +281,27 @@ def main() -> int:
         print(text, flush=True)
 
     rn, m1, ml = resnet18_int8(), mnist1d_cnn(), minilm()
+    rounds = 1 if q else 3
 
-    # 1. the limit is the model: served throughput vs the best in-process throughput
-    ip = in_process_throughput(rn, "resnet18", ip_s)
+    # 1. the limit is the model: served throughput vs the best in-process throughput,
+    #    and batching on vs off; in-process and both servers take turns each round
+    inproc = InProcess(rn, "resnet18")
+    rs = interleaved(rn, "resnet18", {"batching": ["--max-batch-size", "8"], "off": ["--no-batching"]},
+                     rounds=rounds, seconds=long_s / rounds, between=inproc.measure)
+    ip = inproc.throughput()
     best_ip = max(ip.values())
-    on = served(rn, "resnet18", ["--max-batch-size", "8"], duration=long_s)
-    off = served(rn, "resnet18", ["--no-batching"], duration=long_s)
+    on, off = rs["batching"], rs["off"]
     ratio = on.throughput_rps / best_ip
     results["resnet18"] = {"in_process": ip, "batching": on.as_dict(), "no_batching": off.as_dict()}
-    claim(f"resnet18 INT8 served/in-process throughput: {on.throughput_rps:.1f} / {best_ip:.1f} img/s = {ratio:.2f} (goal >= 0.80)")
+    claim(f"resnet18 INT8 served/in-process throughput: {on.throughput_rps:.1f} / {best_ip:.1f} img/s = {ratio:.2f} (goal >= 0.80; in-process batch1 {ip['batch1']:.1f}, batch8 {ip['batch8']:.1f} img/s)")
     claim(
         f"resnet18 batching on/off c=32: {on.throughput_rps / off.throughput_rps:.2f}x throughput, "
         f"p99 {on.p99_ms:.1f} vs {off.p99_ms:.1f} ms (goal >= 1.1x, p99 not worse)"
     )
 
     # 2. batching on vs off: small CNN (per-call overhead dominates)
-    on1 = served(m1, "mnist1d", ["--max-batch-size", "32"], duration=mid_s)
-    off1 = served(m1, "mnist1d", ["--no-batching"], duration=mid_s)
+    ms = interleaved(m1, "mnist1d", {"batching": ["--max-batch-size", "32"], "off": ["--no-batching"]}, rounds=rounds, seconds=mid_s / rounds)
+    on1, off1 = ms["batching"], ms["off"]
     results["mnist1d"] = {"batching": on1.as_dict(), "no_batching": off1.as_dict()}
     claim(
         f"mnist1d CNN batching on/off c=32: {on1.throughput_rps / off1.throughput_rps:.2f}x throughput "
@@ -280,9 +310,13 @@ def main() -> int:
 
     # 3. MiniLM with mixed sentence lengths: padding decides
     mixed = (8, 96)
-    pad = served(ml, "minilm", ["--max-batch-size", "8", "--padding", "pad"], duration=mid_s, seq_len=mixed)
-    bucket = served(ml, "minilm", ["--max-batch-size", "8", "--padding", "bucket"], duration=mid_s, seq_len=mixed)
-    offm = served(ml, "minilm", ["--no-batching"], duration=mid_s, seq_len=mixed)
+    variants = {
+        "pad": ["--max-batch-size", "8", "--padding", "pad"],
+        "bucket": ["--max-batch-size", "8", "--padding", "bucket"],
+        "off": ["--no-batching"],
+    }
+    mm = interleaved(ml, "minilm", variants, rounds=rounds, seconds=mid_s / rounds, seq_len=mixed)
+    pad, bucket, offm = mm["pad"], mm["bucket"], mm["off"]
     results["minilm"] = {"pad": pad.as_dict(), "bucket": bucket.as_dict(), "no_batching": offm.as_dict()}
     best = max((pad, "pad"), (bucket, "bucket"), key=lambda t: t[0].throughput_rps)
     claim(
@@ -302,8 +336,8 @@ def main() -> int:
     claim(f"metrics cost: {cost:.1f} us per request = {cost / per_request_us * 100:.1f}% of the server's time per request at mnist1d saturation ({per_request_us:.0f} us)")
 
     # 6. errors at saturation and under 10% malformed traffic
-    sat = served(rn, "resnet18", ["--max-batch-size", "8"], concurrency=64, duration=sat_s)
-    bad = served(m1, "mnist1d", ["--max-batch-size", "32"], duration=mid_s, malformed=0.1)
+    sat = interleaved(rn, "resnet18", {"sat": ["--max-batch-size", "8"]}, rounds=1, seconds=sat_s, concurrency=64)["sat"]
+    bad = interleaved(m1, "mnist1d", {"malformed": ["--max-batch-size", "32"]}, rounds=1, seconds=mid_s, malformed=0.1)["malformed"]
     results["saturation"] = sat.as_dict()
     results["malformed"] = bad.as_dict()
     claim(f"saturation resnet18 c=64 for {sat_s:.0f} s: {sat.errors} errors of {sat.requests} requests, status {json.dumps(sat.status_counts)}")

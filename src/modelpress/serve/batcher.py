@@ -44,15 +44,23 @@ Padding = Literal["pad", "bucket", "none"]
 Execute = Callable[[Mapping[str, np.ndarray], int], Awaitable[Sequence[np.ndarray]]]
 
 
+class Cancellable(Protocol):
+    """A scheduled callback that can be called off."""
+
+    def cancel(self) -> None:
+        """Call the callback off (no effect once it ran)."""
+        ...
+
+
 class Clock(Protocol):
-    """Where the batcher reads time and waits for it."""
+    """Where the batcher reads time and schedules wake-ups."""
 
     def now(self) -> float:
         """Return the current time in seconds."""
         ...
 
-    def sleep_until(self, when: float) -> Awaitable[None]:
-        """Return an awaitable that finishes once ``now() >= when``."""
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` on the loop once ``now() >= when``."""
         ...
 
 
@@ -63,9 +71,20 @@ class LoopClock:
         """Return the running loop's time."""
         return asyncio.get_running_loop().time()
 
-    async def sleep_until(self, when: float) -> None:
-        """Sleep until ``when`` on the loop's clock."""
-        await asyncio.sleep(max(0.0, when - self.now()))
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        """Schedule ``callback`` with the loop's own timer (no task per request)."""
+        return asyncio.get_running_loop().call_at(when, callback)
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class FakeClock:
@@ -73,29 +92,26 @@ class FakeClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
 
     def now(self) -> float:
         """Return the fake time."""
         return self._now
 
-    def sleep_until(self, when: float) -> Awaitable[None]:
-        """Return a future that resolves when :meth:`advance` passes ``when``."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if when <= self._now:
-            fut.set_result(None)
-        else:
-            heapq.heappush(self._sleepers, (when, next(self._seq), fut))
-        return fut
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` when :meth:`advance` passes ``when``."""
+        timer = _FakeTimer(callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
 
     def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper now due."""
+        """Move time forward and run every timer now due, in order."""
         self._now += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,35 +294,34 @@ class DynamicBatcher:
         self._queue.append(_Pending(inputs, rows, key, lengths, now, fut))
         self._arrived.set()
         timeout = self.policy.timeout_s if timeout_s is None else timeout_s
-        if timeout is None:
-            try:
-                return await asyncio.shield(fut)
-            finally:
-                fut.cancel()  # a caller that went away frees its queue slot
-        timer = asyncio.ensure_future(self._clock.sleep_until(now + timeout))
+        timer = None
+        if timeout is not None:
+
+            def expire() -> None:
+                if not fut.done():
+                    fut.set_exception(TimeoutError(f"request did not finish within its {timeout:.3g} s timeout"))
+
+            timer = self._clock.call_at(now + timeout, expire)
         try:
-            done, _ = await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
-            if fut in done:
-                return fut.result()
-            raise TimeoutError(f"request did not finish within its {timeout:.3g} s timeout")
+            # a caller that goes away cancels ``fut``, which frees its place in the queue
+            return await fut
         finally:
-            fut.cancel()
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     async def _wait_arrival(self, until: float | None) -> None:
         arrived = self._arrived
         if arrived is None:
             raise RuntimeError("DynamicBatcher.start() must run first")
         arrived.clear()
-        waiter = asyncio.ensure_future(arrived.wait())
         if until is None:
-            await waiter
+            await arrived.wait()
             return
-        timer = asyncio.ensure_future(self._clock.sleep_until(until))
+        # the timer only wakes the worker; it re-checks what to do itself
+        timer = self._clock.call_at(until, arrived.set)
         try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await arrived.wait()
         finally:
-            waiter.cancel()
             timer.cancel()
 
     def _drop_finished(self) -> None:

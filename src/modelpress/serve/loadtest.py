@@ -77,10 +77,33 @@ class LoadReport:
     p99_ms: float = math.nan
     mean_ms: float = math.nan
     max_ms: float = math.nan
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """Return a JSON-able dict (without the raw latencies)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "latencies_ms"}
+
+    def finish(self) -> LoadReport:
+        """Compute throughput and percentiles from the counts and raw latencies; return self."""
+        lat = self.latencies_ms
+        self.throughput_rps = self.ok / self.duration_s if self.duration_s > 0 else 0.0
+        self.p50_ms, self.p90_ms, self.p99_ms = (_percentile(lat, q) for q in (50, 90, 99))
+        if lat:
+            self.mean_ms = float(np.mean(lat))
+            self.max_ms = float(np.max(lat))
+        return self
+
+    @classmethod
+    def merge(cls, reports: list[LoadReport]) -> LoadReport:
+        """Combine reports of interleaved segments of the same load into one."""
+        out = cls(mode=reports[0].mode)
+        for r in reports:
+            for key in ("requests", "ok", "errors", "malformed_sent", "malformed_rejected", "duration_s"):
+                setattr(out, key, getattr(out, key) + getattr(r, key))
+            for code, n in r.status_counts.items():
+                out.status_counts[code] = out.status_counts.get(code, 0) + n
+            out.latencies_ms.extend(r.latencies_ms)
+        return out.finish()
 
     def summary(self) -> str:
         """Return one human line."""
@@ -206,7 +229,7 @@ async def run_load(config: LoadConfig, *, progress: Callable[[float], None] | No
         infer = f"{path}/infer"
         mode = f"open loop {config.rate:g} req/s" if config.rate is not None else f"closed loop x{config.concurrency}"
         report = LoadReport(mode=mode)
-        latencies: list[float] = []
+        latencies = report.latencies_ms
         loop = asyncio.get_running_loop()
         start = loop.time()
         measure_from = start + config.warmup_s
@@ -261,11 +284,4 @@ async def run_load(config: LoadConfig, *, progress: Callable[[float], None] | No
             if pending:
                 await asyncio.gather(*pending)
         report.duration_s = max(1e-9, loop.time() - measure_from)
-    report.throughput_rps = report.ok / report.duration_s
-    report.p50_ms = _percentile(latencies, 50)
-    report.p90_ms = _percentile(latencies, 90)
-    report.p99_ms = _percentile(latencies, 99)
-    if latencies:
-        report.mean_ms = float(np.mean(latencies))
-        report.max_ms = float(np.max(latencies))
-    return report
+    return report.finish()
