@@ -1,0 +1,55 @@
+"""Load the configured models and run the app on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from modelpress.errors import ConfigError
+from modelpress.serve.config import ServeConfig
+from modelpress.serve.runner import ModelRunner, discover_model_dir, load_runner
+
+log = logging.getLogger(__name__)
+
+
+def load_runners(config: ServeConfig, *, progress: Callable[[str], None] | None = None) -> list[ModelRunner]:
+    """Load every model version the config names (``model_dir`` artifacts).
+
+    Raises:
+        ConfigError: no model source is configured.
+        NotFoundError: the model directory holds no artifact.
+    """
+    if config.model_dir is None:
+        raise ConfigError("nothing to serve: pass --model-dir DIR (a folder of artifact directories)")
+    runners = []
+    for name, versions in discover_model_dir(config.model_dir).items():
+        model_config = config.for_model(name)
+        for version, path in versions.items():
+            if progress is not None:
+                progress(f"loading {name} version {version}")
+            runners.append(
+                load_runner(
+                    name, version, path,
+                    backend=model_config.backend, threads=model_config.threads,
+                    instances=model_config.batching.instances,
+                )
+            )
+    return runners
+
+
+def run_server(config: ServeConfig, runners: list[ModelRunner]) -> None:
+    """Serve ``runners`` until SIGINT/SIGTERM, then drain in-flight requests and stop."""
+    import uvicorn
+
+    from modelpress.serve.app import create_app
+
+    app = create_app(runners, config)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,  # the app logs one JSON line per request itself
+        timeout_graceful_shutdown=config.shutdown_timeout_s,
+        lifespan="on",
+    )
