@@ -544,6 +544,37 @@ class Router:
             self._states[model] = _ModelState(target, current)
         return self._emit(model, "rollback", target, current, by, reason)
 
+    def promote(self, model: str, version: str | None = None, *, by: str = "system", reason: str = "") -> PolicyEvent:
+        """Send all traffic of ``model`` to the version under test, ending a canary, shadow or split.
+
+        A canary or shadow promotes its candidate; an A/B split promotes ``version``
+        (required there). The version that served before stays the rollback target,
+        as after an automatic canary promotion.
+        """
+        with self._change_lock:
+            state = self._require(model)
+            current = state.policy
+            if isinstance(current, CanaryPolicy):
+                target, fallback = current.candidate, SinglePolicy(current.stable)
+            elif isinstance(current, ShadowPolicy):
+                target, fallback = current.candidate, SinglePolicy(current.primary)
+            elif isinstance(current, ABSplit):
+                if version is None or version not in current.versions():
+                    raise ConfigError(
+                        f"promoting the A/B split of {model!r} needs `version`, one of {', '.join(sorted(current.versions()))}; got {version!r}."
+                    )
+                target, fallback = version, current
+            else:
+                raise ConfigError(
+                    f"model {model!r} runs a {current.kind} policy, which has no candidate to promote; "
+                    "start a canary, shadow or split first, or switch to a version."
+                )
+            if version is not None and version != target:
+                raise ConfigError(f"`version` {version!r} is not the candidate of {model!r}'s {current.kind} policy ({target!r}).")
+            new = SinglePolicy(target)
+            self._states[model] = _ModelState(new, fallback)
+        return self._emit(model, "promote", new, current, by, reason)
+
     def _after_canary(self, model: str, policy: CanaryPolicy, outcome: str) -> None:
         if outcome in ("stay",):
             return
