@@ -13,10 +13,18 @@ Measured here (no server needed):
 * router cost per request (route + record) per policy, and the wall time of a
   rollback call while 4 threads route, side by side in one run.
 
-The hot-swap / rollback-under-load and shadow-p99 benchmarks need the HTTP
-server and are measured by the server integration, not here.
+Measured against a real server (``modelpress serve`` in a subprocess on
+127.0.0.1, serving DigitsNet exported to ONNX; the load generator runs in this
+process):
 
-Usage: python benchmarks/bench_rollout.py [--quick] [--runs N] [--out bench-out/rollout.json]
+* hot swaps and rollbacks under load — 32 requests always in flight; 20 times
+  a new version is loaded, warmed and swapped in, then rolled back. Reported:
+  failed requests (goal 0), and the time from the rollback call to the last
+  answer served by the version rolled away from.
+* shadow at 10% — the primary's client-side p99 with and without a shadow
+  mirroring 10% of requests to a second version, in interleaved rounds.
+
+Usage: python benchmarks/bench_rollout.py [--quick] [--runs N] [--skip-server] [--out bench-out/rollout.json]
 """
 
 from __future__ import annotations
@@ -188,11 +196,195 @@ def bench_rollback_under_routing(swaps: int) -> dict[str, object]:
     }
 
 
+# ------------------------------------------------------------------ against a real server
+
+SERVER_TOKEN = "bench-rollout-token"
+
+
+def make_artifacts(root: Path) -> dict[str, Path]:
+    """Export two DigitsNet versions (different initial weights) as artifact directories."""
+    import torch
+
+    from modelpress.artifact import write_artifact
+    from modelpress.export.onnx import ExportConfig, export_onnx
+    from modelpress.sources.models import load_model
+
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        handle = load_model("python:modelpress.testing:DigitsNet")
+        onnx_path = export_onnx(handle, root / f"{name}.onnx", ExportConfig(exporter="torchscript")).path
+        out[name] = write_artifact(root / "store" / name, handle=handle.with_onnx(onnx_path))
+    serve_dir = root / "serve" / "digits"
+    serve_dir.mkdir(parents=True)
+    (serve_dir / "1").symlink_to(out["a"], target_is_directory=True)
+    return out
+
+
+class ServerProcess:
+    """``modelpress serve`` in a subprocess (one model instance, one thread, like a 1-core pod)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from modelpress.serve.testing import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable, "-m", "modelpress.cli.main", "serve", "--model-dir", str(model_dir), "--port", str(self.port),
+            "--threads", "1", "--no-access-log", "--token", SERVER_TOKEN,
+        ]
+
+    def __enter__(self) -> ServerProcess:
+        import os
+        import subprocess
+
+        import httpx
+
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        self.proc = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def digits_body(rows: int = 1) -> dict[str, object]:
+    x = np.random.default_rng(0).standard_normal((rows, 1, 8, 8)).astype(np.float32)
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+
+
+def bench_swaps(server: ServerProcess, artifacts: dict[str, Path], swaps: int) -> dict[str, object]:
+    """Hot-swap in a new version and roll it back ``swaps`` times while 32 requests stay in flight."""
+    import httpx
+
+    from modelpress.serve.traffic import Traffic, last_answer_from
+
+    admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {SERVER_TOKEN}"}, timeout=120)
+    swap_s, rollback_rtt, rollback_server, tails = [], [], [], []
+    with Traffic(server.url, "digits", digits_body(), concurrency=32) as traffic:
+        time.sleep(1.0)
+        for i in range(swaps):
+            version = f"v{i + 2}"
+            start = time.perf_counter()
+            r = admin.post("/management/models/digits/versions", json={
+                "version": version, "artifact_dir": str(artifacts["ab"[i % 2 == 0]]), "switch": True, "reason": "bench"})
+            r.raise_for_status()
+            swap_s.append(time.perf_counter() - start)
+            time.sleep(0.4)
+            called = time.perf_counter()
+            r = admin.post("/management/models/digits/rollback", json={"reason": "bench"})
+            r.raise_for_status()
+            rollback_rtt.append(time.perf_counter() - called)
+            rollback_server.append(r.json()["took_ms"] / 1000)
+            time.sleep(0.4)
+            tails.append((version, called))
+    answers = traffic.answers
+    last_old = [last_answer_from(answers, v, called) or 0.0 for v, called in tails]
+    admin.close()
+    return {
+        "claim": "hot swap + rollback under load (concurrency 32)",
+        "swaps": swaps, "requests": len(answers), "failed": len(traffic.failed()), "errors": traffic.errors[:5],
+        "qps": len(answers) / (answers[-1].done - answers[0].sent) if answers else 0.0,
+        "swap_load_warm_switch_s_median": statistics.median(swap_s),
+        "rollback_call_ms_median": statistics.median(rollback_rtt) * 1000,
+        "rollback_server_ms_median": statistics.median(rollback_server) * 1000,
+        "last_old_answer_after_rollback_ms_median": statistics.median(last_old) * 1000,
+        "last_old_answer_after_rollback_ms_max": max(last_old) * 1000,
+    }
+
+
+def bench_shadow(server: ServerProcess, artifact: Path, rounds: int, seconds: float, concurrency: int) -> dict[str, object]:
+    """The primary's client-side p99 with a 10% shadow vs without, in interleaved rounds."""
+    import httpx
+
+    from modelpress.serve.traffic import Traffic
+
+    admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {SERVER_TOKEN}"}, timeout=120)
+    serving = admin.get("/management/models/digits").json()["policy"]["version"]
+    other = "shadow"
+    admin.post("/management/models/digits/versions", json={"version": other, "artifact_dir": str(artifact)}).raise_for_status()
+    # a shadow policy first: from then on the switch back keeps the shadow version warm as its rollback target
+    admin.post("/management/models/digits/shadow", json={"candidate": other, "share": 0.1}).raise_for_status()
+    latencies: dict[str, list[float]] = {"without": [], "with": []}
+    p99s: dict[str, list[float]] = {"without": [], "with": []}
+    shadow_counts = {"runs": 0, "shed": 0}
+    for _ in range(rounds):
+        for mode in ("without", "with"):
+            if mode == "with":
+                admin.post("/management/models/digits/shadow", json={"candidate": other, "share": 0.1}).raise_for_status()
+            else:
+                admin.post("/management/models/digits/switch", json={"version": serving}).raise_for_status()
+            before = admin.get("/management/status").json()["shadow"]
+            with Traffic(server.url, "digits", digits_body(), concurrency=concurrency) as traffic:
+                time.sleep(seconds)
+            after = admin.get("/management/status").json()["shadow"]
+            if mode == "with":
+                shadow_counts["runs"] += after["runs"] - before["runs"]
+                shadow_counts["shed"] += after["shed"] - before["shed"]
+            ok = [a.done - a.sent for a in traffic.answers if a.status == 200]
+            latencies[mode].extend(ok)
+            p99s[mode].append(float(np.percentile(ok, 99)))
+    compared = admin.get("/management/models/digits").json().get("shadow", {})
+    admin.post("/management/models/digits/switch", json={"version": serving}).raise_for_status()
+    admin.close()
+    p99 = {m: float(np.percentile(v, 99)) for m, v in latencies.items()}
+    return {
+        "claim": f"shadow at 10%, primary p99 (concurrency {concurrency})",
+        "rounds": rounds, "seconds_per_round": seconds,
+        "p99_ms_without": p99["without"] * 1000, "p99_ms_with": p99["with"] * 1000,
+        "ratio": p99["with"] / p99["without"],
+        "p99_ms_per_round_without": [x * 1000 for x in p99s["without"]], "p99_ms_per_round_with": [x * 1000 for x in p99s["with"]],
+        "p50_ms_without": float(np.percentile(latencies["without"], 50)) * 1000,
+        "p50_ms_with": float(np.percentile(latencies["with"], 50)) * 1000,
+        "requests_without": len(latencies["without"]), "requests_with": len(latencies["with"]),
+        "shadow_runs": shadow_counts["runs"], "shadow_shed": shadow_counts["shed"],
+        "last_round_top1_agreement": compared.get("top1_agreement"),
+    }
+
+
+def run_server_benchmarks(quick: bool) -> dict[str, object]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        root = Path(tmp)
+        artifacts = make_artifacts(root)
+        with ServerProcess(root / "serve") as server:
+            swaps = bench_swaps(server, artifacts, 5 if quick else 20)
+            print(
+                f"{swaps['claim']}: {swaps['failed']} failed of {swaps['requests']} requests ({swaps['qps']:.0f}/s) over "
+                f"{swaps['swaps']} hot swaps + rollbacks; last answer from the rolled-back version "
+                f"{swaps['last_old_answer_after_rollback_ms_median']:.1f} ms after the rollback call (median, max "
+                f"{swaps['last_old_answer_after_rollback_ms_max']:.1f} ms); rollback call {swaps['rollback_call_ms_median']:.1f} ms "
+                f"round trip, {swaps['rollback_server_ms_median']:.2f} ms in the server; load+warm+switch "
+                f"{swaps['swap_load_warm_switch_s_median']:.2f} s"
+            )
+            shadow = bench_shadow(server, artifacts["b"], 2 if quick else 4, 2.0 if quick else 5.0, concurrency=8)
+            print(
+                f"{shadow['claim']}: {shadow['p99_ms_with']:.1f} ms with vs {shadow['p99_ms_without']:.1f} ms without, "
+                f"{shadow['ratio']:.2f}x (p50 {shadow['p50_ms_with']:.1f} vs {shadow['p50_ms_without']:.1f} ms; "
+                f"{shadow['requests_with']} / {shadow['requests_without']} requests over {shadow['rounds']} interleaved rounds; "
+                f"{shadow['shadow_runs']} shadow calls run, {shadow['shadow_shed']} shed)"
+            )
+    return {"swaps": swaps, "shadow": shadow}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--runs", type=int, default=None, help="simulated canary runs per scenario (default 200, 20 with --quick)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/rollout.json"))
+    parser.add_argument("--skip-server", action="store_true", help="only the in-process router benchmarks")
     args = parser.parse_args()
     runs = args.runs or (20 if args.quick else 200)
 
@@ -213,12 +405,13 @@ def main() -> None:
         f"{rollback['claim']}: {rollback['failed']} failed of {rollback['requests']} routed over {rollback['swaps']} swap+rollback cycles, "
         f"rollback call median {rollback['rollback_call_us_median']:.1f} us, max {rollback['rollback_call_us_max']:.1f} us"
     )
+    server = None if args.skip_server else run_server_benchmarks(args.quick)
     goal = all(r["share_correct_within_1000"] >= 0.95 for r in canary)
     print(f"canary goal (>= 95% correct decisions within 1000 samples in both scenarios): {'met' if goal else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "canary": canary, "route_cost": cost, "rollback_under_routing": rollback,
-        "canary_goal_met": goal, "quick": args.quick, "seconds": time.perf_counter() - started,
+        "server": server, "canary_goal_met": goal, "quick": args.quick, "seconds": time.perf_counter() - started,
     }, indent=2))
 
 
