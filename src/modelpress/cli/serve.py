@@ -10,6 +10,8 @@ import typer
 
 def serve(
     model_dir: Path = typer.Option(None, "--model-dir", help="Serve every artifact directory inside DIR under its folder name."),
+    registry: str = typer.Option(None, "--registry", envvar="MODELPRESS_REGISTRY", help="Registry URL to serve --model from."),
+    model: list[str] = typer.Option(None, "--model", help="Serve NAME[@ALIAS] from the registry (repeatable)."),
     config_file: Path = typer.Option(None, "--config", help="YAML server config (flags given here override it)."),
     host: str = typer.Option(None, "--host", help="Address to bind; 127.0.0.1 unless told otherwise."),
     port: int = typer.Option(None, "--port", help="TCP port (default 8000)."),
@@ -38,9 +40,17 @@ def serve(
         modelpress serve --model-dir artifacts/ --port 8000 --max-batch-size 8
     """
     from modelpress.cli.common import status
+    from modelpress.errors import ConfigError
     from modelpress.serve.config import ServeConfig
     from modelpress.serve.server import load_runners, run_server
 
+    if model:
+        # the registry part has not landed yet; say so instead of ignoring the flag
+        raise ConfigError(
+            f"--model {model[0]} needs the model registry, which this build does not have yet; "
+            "serve artifact directories with --model-dir DIR"
+        )
+    del registry
     base = ServeConfig.from_file(config_file) if config_file else ServeConfig()
     data = base.model_dump()
     top = {"model_dir": model_dir, "host": host, "port": port, "max_body_bytes": max_body_bytes, "token": token}
