@@ -77,15 +77,9 @@ def serve(
     with status("loading models"):
         runners = load_runners(config)
     if config.access_log:
-        import logging
-        import sys
+        from modelpress.serve.server import log_requests_to_stderr
 
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access = logging.getLogger("modelpress.serve.access")
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+        log_requests_to_stderr()
     names = ", ".join(sorted({f"{r.name}@{r.version}" for r in runners}))
     typer.echo(f"serving {names} on http://{config.host}:{config.port} (pid {os.getpid()})", err=True)
     run_server(config, runners)

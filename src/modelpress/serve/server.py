@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
+import sys
 from collections.abc import Callable
 
 from modelpress.errors import ConfigError
@@ -35,6 +38,36 @@ def load_runners(config: ServeConfig, *, progress: Callable[[str], None] | None 
                 )
             )
     return runners
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hand records to the writer thread; drop them (counted) when it falls behind."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            type(self).dropped += 1
+
+
+def log_requests_to_stderr(max_pending: int = 10_000) -> logging.handlers.QueueListener:
+    """Write the one-JSON-line-per-request access log to stderr from a thread of its own.
+
+    The event loop only enqueues; a slow or blocked stderr (a full pipe) can
+    then never stall serving; past ``max_pending`` lines records are dropped.
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    pending: queue.Queue[logging.LogRecord] = queue.Queue(max_pending)
+    listener = logging.handlers.QueueListener(pending, stream)
+    listener.start()
+    access = logging.getLogger("modelpress.serve.access")
+    access.addHandler(_DroppingQueueHandler(pending))
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    return listener
 
 
 def run_server(config: ServeConfig, runners: list[ModelRunner]) -> None:

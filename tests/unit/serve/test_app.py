@@ -226,3 +226,22 @@ def test_config_rejects_unknown_keys_naming_them():
     assert cfg.for_model("lin").batching.policy().max_queue_delay_s == 0.005
     assert cfg.for_model("other").batching.max_batch_size == 8
     assert cfg.host == "127.0.0.1"
+
+
+def test_access_log_never_blocks_the_loop_when_stderr_is_stuck():
+    import logging
+    import queue
+
+    from modelpress.serve.server import _DroppingQueueHandler
+
+    stuck: queue.Queue = queue.Queue(2)  # nobody drains it, as with a full stderr pipe
+    handler = _DroppingQueueHandler(stuck)
+    logger = logging.getLogger("test.access.stuck")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    before = _DroppingQueueHandler.dropped
+    for i in range(5):
+        logger.info('{"n": %d}', i)  # returns at once instead of blocking
+    assert stuck.qsize() == 2 and _DroppingQueueHandler.dropped - before == 3
+    logger.removeHandler(handler)
