@@ -1,0 +1,227 @@
+"""Calibrate roofline estimates against a measurement on this machine.
+
+The estimate for the catalogue device that matches this machine is compared with a
+measured latency; the ratio measured / estimated then corrects every device of the
+same ``calibration_class``. Other devices stay labelled "uncalibrated".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from modelpress.advise.catalog import Catalog, Device
+from modelpress.advise.profile import ModelProfile
+from modelpress.advise.roofline import Estimate, estimate, rescale
+from modelpress.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDevice:
+    """What this machine is, as far as the catalogue cares."""
+
+    calibration_class: str
+    cores: int
+    cpu_model: str
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Latency of one callable: median, p90, count, and the 95% CI of the median relative to it."""
+
+    median_ms: float
+    p90_ms: float
+    n: int
+    ci95_rel: float
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """One measured-vs-estimated comparison on this machine."""
+
+    calibration_class: str
+    device: str
+    precision: str
+    runtime: str
+    batch: int
+    measured_ms: float
+    measured_ci95_rel: float
+    estimated_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """Measured / estimated latency: >1 means the roofline was optimistic."""
+        return self.measured_ms / self.estimated_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {**asdict(self), "ratio": self.ratio}
+
+
+_CLASS_FLAGS = (  # most capable first
+    ("amx_tile", "x86-amx"),
+    ("avx512_vnni", "x86-avx512-vnni"),
+    ("avx512f", "x86-avx512"),
+    ("avx2", "x86-avx2"),
+)
+
+
+def classify_cpu(flags: set[str], machine: str) -> str:
+    """Map CPU feature flags (from /proc/cpuinfo) to a calibration class name."""
+    if machine in ("aarch64", "arm64"):
+        return "arm-a76" if "asimddp" in flags else "arm"
+    for flag, name in _CLASS_FLAGS:
+        if flag in flags:
+            return name
+    return "x86-generic"
+
+
+def detect_local(cpuinfo: str | Path = "/proc/cpuinfo") -> LocalDevice:
+    """Detect this machine's calibration class from its cores and CPU flags."""
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+        elif key == "model name" and value.strip():
+            model = value.strip()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    interesting = sorted(f for f in flags if f.startswith(("avx", "amx", "asimd", "fma")))
+    return LocalDevice(classify_cpu(flags, platform.machine()), cores, model, tuple(interesting))
+
+
+def match_local(catalog: Catalog, local: LocalDevice) -> Device:
+    """Return the catalogue device standing for this machine: same class, nearest core count."""
+    same = [d for d in catalog.devices.values() if d.calibration_class == local.calibration_class and d.kind == "cpu"]
+    if not same:
+        raise ConfigError(
+            f"this machine is class {local.calibration_class!r} ({local.cpu_model}, {local.cores} cores) and no "
+            "catalogue device has that `calibration_class`; add one with --catalog FILE to calibrate"
+        )
+    return min(same, key=lambda d: abs((d.cores or 0) - local.cores))
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]], *, warmup: int = 3, min_reps: int = 10, max_seconds: float = 10.0
+) -> dict[str, Timing]:
+    """Time several callables round-robin so machine noise hits them all alike.
+
+    A stand-in until ``modelpress.bench.measure`` lands on main; then this calls it.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        reps = len(next(iter(samples.values())))
+        if reps >= min_reps and time.perf_counter() - start > max_seconds:
+            break
+        if reps >= 1000:
+            break
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        n = len(values)
+        median = statistics.median(values)
+        # distribution-free CI of the median: order statistics n/2 -+ 1.96 sqrt(n)/2
+        half = 0.98 * n**0.5
+        lo = values[max(0, int(n / 2 - half))]
+        hi = values[min(n - 1, int(n / 2 + half))]
+        out[name] = Timing(median, values[min(n - 1, int(0.9 * n))], n, (hi - lo) / 2 / median)
+    return out
+
+
+def calibrate(
+    profile: ModelProfile,
+    catalog: Catalog,
+    measured: Mapping[str, tuple[str, Timing]],
+    *,
+    batch: int = 1,
+    local: LocalDevice | None = None,
+) -> list[Calibration]:
+    """Compare measured latencies with the roofline for this machine's catalogue device.
+
+    Args:
+        profile: the model at batch 1.
+        catalog: the device catalogue.
+        measured: precision -> (runtime name, timing) measured here at ``batch``.
+        batch: the batch size the timings were taken at.
+        local: this machine; detected when None.
+    """
+    local = local or detect_local()
+    device = match_local(catalog, local)
+    out = []
+    for precision, (runtime, timing) in measured.items():
+        est = estimate(profile, device, precision=precision, batch=batch)
+        if est.latency_ms is None:
+            raise ConfigError(f"device {device.id!r} has no {precision} peak to calibrate against")
+        out.append(
+            Calibration(local.calibration_class, device.id, precision, runtime, batch, timing.median_ms, timing.ci95_rel, est.latency_ms)
+        )
+        logger.info("calibration %s %s: measured %.2f ms, estimated %.2f ms", device.id, precision, timing.median_ms, est.latency_ms)
+    return out
+
+
+def apply_calibration(
+    estimates: list[Estimate], calibrations: list[Calibration], profile: ModelProfile, catalog: Catalog
+) -> list[Estimate]:
+    """Correct estimates on devices of a calibrated class; leave the rest "uncalibrated".
+
+    A ratio measured at the same precision is preferred; otherwise the class's
+    ratio at another precision is used and the label says which.
+    """
+    by_class: dict[str, dict[str, Calibration]] = {}
+    for cal in calibrations:
+        by_class.setdefault(cal.calibration_class, {})[cal.precision] = cal
+    out = []
+    for est in estimates:
+        device = catalog.devices[est.device]
+        cals = by_class.get(device.calibration_class)
+        if not cals or est.latency_ms is None:
+            out.append(est)
+            continue
+        cal = cals.get(est.precision) or next(iter(cals.values()))
+        where = "here" if cal.device == device.id else f"from {cal.device}"
+        label = f"calibrated x{cal.ratio:.2f} ({cal.precision} {where})"
+        out.append(rescale(est, profile, device, cal.ratio, label))
+    return out
+
+
+def trust_note(calibrations: list[Calibration]) -> str:
+    """Say how far calibrated and uncalibrated figures can be trusted, from the measurements."""
+    if not calibrations:
+        return ("uncalibrated: vendor peak figures at an assumed efficiency; batch-1 latency on real "
+                "runtimes is often several times the roofline (run with --calibrate).")
+    parts = []
+    for cal in calibrations:
+        parts.append(f"{cal.precision}: measured {cal.measured_ms:.2f} ms (±{cal.measured_ci95_rel:.0%}) vs "
+                     f"estimated {cal.estimated_ms:.2f} ms on {cal.device} (ratio {cal.ratio:.2f})")
+    text = "; ".join(parts) + ". The calibrated figure for this machine, model and precision is as good as the measurement."
+    ratios = [c.ratio for c in calibrations]
+    if len(ratios) > 1:
+        spread = max(ratios) / min(ratios)
+        text += (f" Ratios differ {spread:.1f}x across precisions, so a ratio carried to another precision, "
+                 "model or device of the class is only good to about that factor.")
+    text += " Devices of other classes stay uncalibrated (vendor peaks at the assumed efficiency)."
+    return text
