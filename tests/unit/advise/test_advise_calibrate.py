@@ -1,0 +1,140 @@
+"""Calibration: detect the local class, ratio measured/estimated, apply it to the same class only."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelpress.advise.calibrate import (
+    Calibration,
+    LocalDevice,
+    Timing,
+    apply_calibration,
+    calibrate,
+    classify_cpu,
+    detect_local,
+    match_local,
+    time_interleaved,
+    trust_note,
+)
+from modelpress.advise.catalog import load_catalog
+from modelpress.advise.profile import LayerProfile, ModelProfile
+from modelpress.advise.roofline import estimate
+from modelpress.errors import ConfigError
+
+PROFILE = ModelProfile("toy", (LayerProfile("conv", "Conv2d", 10**9, 10**6, 10**6),), params=10**6)
+AVX2_HERE = LocalDevice("x86-avx2", 2, "AMD EPYC", ("avx2", "fma"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "cls"),
+    [
+        ({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, "x86_64", "x86-amx"),
+        ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "x86-avx512-vnni"),
+        ({"avx2", "avx512f"}, "x86_64", "x86-avx512"),
+        ({"avx2", "fma"}, "x86_64", "x86-avx2"),
+        ({"sse4_2"}, "x86_64", "x86-generic"),
+        ({"asimd", "asimddp"}, "aarch64", "arm-a76"),
+    ],
+)
+def test_classify_cpu(flags, machine, cls):
+    assert classify_cpu(flags, machine) == cls
+
+
+def test_detect_local_reads_flags_and_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel Xeon X\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n")
+    local = detect_local(cpuinfo)
+    assert local.cpu_model == "Intel Xeon X"
+    assert local.flags == ("avx2", "avx512_vnni", "avx512f", "fma")
+    assert local.cores >= 1
+
+
+def test_match_local_prefers_nearest_core_count():
+    cat = load_catalog()
+    assert match_local(cat, AVX2_HERE).id == "cpu-2vcpu-avx2"
+    assert match_local(cat, LocalDevice("x86-avx2", 8, "Ryzen", ())).id == "cpu-8core-avx2-desktop"
+    with pytest.raises(ConfigError, match="x86-generic.*--catalog"):
+        match_local(cat, LocalDevice("x86-generic", 2, "old", ()))
+
+
+def test_ratio_is_measured_over_estimated_and_applies_to_same_class_only():
+    cat = load_catalog()
+    est_here = estimate(PROFILE, cat.devices["cpu-2vcpu-avx2"]).latency_ms
+    cals = calibrate(PROFILE, cat, {"fp32": ("onnxruntime", Timing(3 * est_here, 3 * est_here, 50, 0.02))}, local=AVX2_HERE)
+    assert len(cals) == 1 and cals[0].ratio == pytest.approx(3.0) and cals[0].device == "cpu-2vcpu-avx2"
+
+    ids = ["cpu-2vcpu-avx2", "cpu-8core-avx2-desktop", "nvidia-t4"]
+    raw = [estimate(PROFILE, cat.devices[i], precision=p) for i in ids for p in ("fp32", "int8")]
+    done = {(e.device, e.precision): e for e in apply_calibration(raw, cals, PROFILE, cat)}
+    for before in raw:
+        after = done[(before.device, before.precision)]
+        if before.device == "nvidia-t4":
+            assert after == before and after.calibration == "uncalibrated"
+            continue
+        assert after.latency_ms == pytest.approx(3 * before.latency_ms)
+        assert after.energy_mj == pytest.approx(3 * before.energy_mj)
+        assert after.cost_per_million_usd == pytest.approx(3 * before.cost_per_million_usd)
+        assert after.utilisation == pytest.approx(before.utilisation / 3)
+    assert done[("cpu-2vcpu-avx2", "fp32")].calibration == "calibrated x3.00 (fp32 here)"
+    assert done[("cpu-8core-avx2-desktop", "int8")].calibration == "calibrated x3.00 (fp32 from cpu-2vcpu-avx2)"
+
+
+def test_same_precision_ratio_wins_over_another_precision():
+    cat = load_catalog()
+    cals = [
+        Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "ort", 1, 20.0, 0.01, 10.0),
+        Calibration("x86-avx2", "cpu-2vcpu-avx2", "int8", "ort", 1, 5.0, 0.01, 10.0),
+    ]
+    raw = [estimate(PROFILE, cat.devices["cpu-2vcpu-avx2"], precision=p) for p in ("fp32", "int8")]
+    fp32, int8 = apply_calibration(raw, cals, PROFILE, cat)
+    assert fp32.latency_ms == pytest.approx(2.0 * raw[0].latency_ms)
+    assert int8.latency_ms == pytest.approx(0.5 * raw[1].latency_ms)
+    note = trust_note(cals)
+    assert "ratio 2.00" in note and "ratio 0.50" in note and "4.0x" in note
+
+
+def test_time_interleaved_orders_work_by_cost():
+    def light() -> int:
+        return sum(range(2_000))
+
+    def heavy() -> int:
+        return sum(range(40_000))
+
+    t = time_interleaved({"light": light, "heavy": heavy}, warmup=1, min_reps=15, max_seconds=0.05)
+    assert t["light"].n == t["heavy"].n >= 15
+    assert t["heavy"].median_ms > 5 * t["light"].median_ms
+    assert t["heavy"].p90_ms >= t["heavy"].median_ms and t["heavy"].ci95_rel >= 0
+
+
+def test_advise_end_to_end_on_an_onnx_file(tiny_convnet, tmp_path):
+    import torch
+
+    from modelpress.advise.advisor import advise, make_config, profile_spec
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_convnet, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    target = profile_spec(path)
+    assert target.precision == "fp32" and target.profile.macs == 1_290_400
+    config = make_config(devices=["cpu-2vcpu-avx2", "nvidia-t4"], precisions=["fp32", "int8"], calibrate=True, max_seconds=0.2)
+    report = advise(target, config, local=AVX2_HERE)
+    assert len(report.estimates) == 4 and len(report.calibrations) == 1
+    cal = report.calibrations[0]
+    assert cal.runtime == "onnxruntime" and cal.measured_ms > 0
+    labels = {(e.device, e.precision): e.calibration for e in report.estimates}
+    assert labels[("cpu-2vcpu-avx2", "fp32")].startswith("calibrated")
+    assert labels[("nvidia-t4", "fp32")] == "uncalibrated"
+    here = next(e for e in report.estimates if (e.device, e.precision) == ("cpu-2vcpu-avx2", "fp32"))
+    assert here.latency_ms == pytest.approx(cal.measured_ms)   # calibrated estimate equals the measurement
+    assert report.to_dict()["calibrations"][0]["ratio"] == pytest.approx(cal.ratio)
+
+
+def test_make_config_names_bad_field():
+    from modelpress.advise.advisor import make_config
+
+    with pytest.raises(ConfigError, match="`batch`"):
+        make_config(batch=0)
+    with pytest.raises(ConfigError, match="`precisions.0`"):
+        make_config(precisions=["int4"])
+    with pytest.raises(ConfigError, match="`sort`"):
+        make_config(sort="speed")

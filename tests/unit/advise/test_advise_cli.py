@@ -1,0 +1,50 @@
+"""`modelpress advise` on the command line: JSON, plot, catalogue errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modelpress.cli.main import app
+from modelpress.errors import ConfigError
+
+
+@pytest.fixture
+def tiny_onnx(tiny_convnet, tmp_path):
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_convnet, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+def test_json_and_plot(tiny_onnx, tmp_path):
+    out, png = tmp_path / "advise.json", tmp_path / "advise.png"
+    result = CliRunner().invoke(app, [
+        "advise", str(tiny_onnx), "--devices", "nvidia-t4,raspberry-pi-5", "--precision", "fp32,int8",
+        "--batch", "8", "--sort", "cost", "--json", str(out), "--plot", str(png),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["model"]["macs"] == 1_290_400
+    assert {(e["device"], e["precision"]) for e in data["estimates"]} == {
+        ("nvidia-t4", "fp32"), ("nvidia-t4", "int8"), ("raspberry-pi-5", "fp32"), ("raspberry-pi-5", "int8")}
+    costs = [e["cost_per_million_usd"] for e in data["estimates"]]
+    assert costs == sorted(costs) and all(e["batch"] == 8 for e in data["estimates"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "raspberry-pi-5" in result.output
+
+
+def test_bad_user_catalogue_is_a_config_error(tiny_onnx, tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("devices:\n  nvidia-t4:\n    power_w: lots\n")
+    result = CliRunner().invoke(app, ["advise", str(tiny_onnx), "--catalog", str(bad)])
+    assert isinstance(result.exception, ConfigError)
+    assert "device 'nvidia-t4'" in str(result.exception) and "`power_w`" in str(result.exception)
+
+
+def test_missing_model_file(tmp_path):
+    result = CliRunner().invoke(app, ["advise", str(tmp_path / "nope.onnx")])
+    assert isinstance(result.exception, ConfigError) and "does not exist" in str(result.exception)
