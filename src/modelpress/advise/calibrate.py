@@ -57,6 +57,8 @@ class Calibration:
     measured_ms: float
     measured_ci95_rel: float
     estimated_ms: float
+    load_avg: float | None = None
+    cores: int | None = None
 
     @property
     def ratio(self) -> float:
@@ -159,6 +161,7 @@ def calibrate(
     *,
     batch: int = 1,
     local: LocalDevice | None = None,
+    load_avg: float | None = None,
 ) -> list[Calibration]:
     """Compare measured latencies with the roofline for this machine's catalogue device.
 
@@ -168,8 +171,12 @@ def calibrate(
         measured: precision -> (runtime name, timing) measured here at ``batch``.
         batch: the batch size the timings were taken at.
         local: this machine; detected when None.
+        load_avg: the 1-minute load average while measuring; read now when None. A load
+            above the core count means other processes shared the cores and inflated the timing.
     """
     local = local or detect_local()
+    if load_avg is None and hasattr(os, "getloadavg"):
+        load_avg = os.getloadavg()[0]
     device = match_local(catalog, local)
     out = []
     for precision, (runtime, timing) in measured.items():
@@ -177,7 +184,8 @@ def calibrate(
         if est.latency_ms is None:
             raise ConfigError(f"device {device.id!r} has no {precision} peak to calibrate against")
         out.append(
-            Calibration(local.calibration_class, device.id, precision, runtime, batch, timing.median_ms, timing.ci95_rel, est.latency_ms)
+            Calibration(local.calibration_class, device.id, precision, runtime, batch, timing.median_ms, timing.ci95_rel,
+                        est.latency_ms, load_avg, local.cores)
         )
         logger.info("calibration %s %s: measured %.2f ms, estimated %.2f ms", device.id, precision, timing.median_ms, est.latency_ms)
     return out
@@ -223,5 +231,10 @@ def trust_note(calibrations: list[Calibration]) -> str:
         spread = max(ratios) / min(ratios)
         text += (f" Ratios differ {spread:.1f}x across precisions, so a ratio carried to another precision, "
                  "model or device of the class is only good to about that factor.")
+    busy = [c for c in calibrations if c.load_avg is not None and c.cores and c.load_avg > c.cores]
+    if busy:
+        text += (f" The load average was {max(c.load_avg for c in busy):.1f} on {busy[0].cores} cores while measuring: "
+                 "other processes shared the cores, so the measured latency and the ratio are inflated; "
+                 "re-run on an idle machine.")
     text += " Devices of other classes stay uncalibrated (vendor peaks at the assumed efficiency)."
     return text

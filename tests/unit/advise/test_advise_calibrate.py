@@ -138,3 +138,11 @@ def test_make_config_names_bad_field():
         make_config(precisions=["int4"])
     with pytest.raises(ConfigError, match="`sort`"):
         make_config(sort="speed")
+
+
+def test_trust_note_flags_a_busy_machine():
+    quiet = Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "ort", 1, 20.0, 0.01, 10.0, load_avg=1.0, cores=2)
+    busy = Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "ort", 1, 20.0, 0.01, 10.0, load_avg=6.5, cores=2)
+    assert "inflated" not in trust_note([quiet])
+    assert "load average was 6.5 on 2 cores" in trust_note([busy])
+    assert "uncalibrated" in trust_note([])
