@@ -183,6 +183,7 @@ def advise(
     *,
     catalog: Catalog | None = None,
     local: LocalDevice | None = None,
+    calibrations: list[Calibration] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AdviseReport:
     """Estimate ``target`` on every selected device and precision, calibrated here when asked.
@@ -192,6 +193,7 @@ def advise(
         config: devices, precisions, batch, sort order, calibration.
         catalog: the device catalogue; the shipped one when None.
         local: this machine; detected when None (only used when calibrating).
+        calibrations: ratios measured earlier (``load_calibrations``), applied like fresh ones.
         progress: called with a short message before each long step.
     """
     catalog = catalog or load_catalog()
@@ -201,7 +203,7 @@ def advise(
     if unknown:
         raise ConfigError(f"`precisions` must be among {', '.join(PRECISIONS)}; got {unknown}")
     estimates = [estimate(target.profile, d, precision=p, batch=config.batch) for d in devices for p in precisions]
-    calibrations: list[Calibration] = []
+    calibrations = list(calibrations or [])
     if config.calibrate:
         if target.runner is None:
             raise ConfigError("calibration needs a model that runs here (an ONNX file or a torch module)")
@@ -210,6 +212,10 @@ def advise(
             progress(f"measuring {target.profile.name} ({target.precision}, batch {config.batch}) on this machine")
         runtime, fn = target.runner(config.batch)
         timing: Timing = time_interleaved({target.precision: fn}, max_seconds=config.max_seconds)[target.precision]
-        calibrations = calibrate(target.profile, catalog, {target.precision: (runtime, timing)}, batch=config.batch, local=local)
+        fresh = calibrate(target.profile, catalog, {target.precision: (runtime, timing)}, batch=config.batch, local=local)
+        # a fresh measurement replaces a loaded one for the same class and precision
+        calibrations = [c for c in calibrations if (c.calibration_class, c.precision) not in
+                        {(f.calibration_class, f.precision) for f in fresh}] + fresh
+    if calibrations:
         estimates = apply_calibration(estimates, calibrations, target.profile, catalog)
     return AdviseReport(target.profile, rank(estimates, by=config.sort), calibrations, local, trust_note(calibrations))

@@ -191,6 +191,46 @@ def calibrate(
     return out
 
 
+_CAL_FIELDS = ("calibration_class", "device", "precision", "runtime", "batch", "measured_ms", "measured_ci95_rel", "estimated_ms")
+
+
+def load_calibrations(path: str | Path) -> list[Calibration]:
+    """Read the calibrations saved in an earlier ``advise --json`` report (its ``calibrations`` list).
+
+    Raises:
+        ConfigError: when the file is missing, not JSON, or an entry lacks a field.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"calibration file {path} does not exist") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"calibration file {path} is not JSON: {err}") from err
+    entries = data.get("calibrations") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"calibration file {path}: field `calibrations` must be a non-empty list (write one with advise --calibrate --json FILE)")
+    out = []
+    for i, entry in enumerate(entries):
+        missing = [f for f in _CAL_FIELDS if not isinstance(entry, dict) or f not in entry]
+        if missing:
+            raise ConfigError(f"calibration file {path}: entry {i} lacks field(s) {', '.join(f'`{m}`' for m in missing)}")
+        try:
+            cal = Calibration(
+                str(entry["calibration_class"]), str(entry["device"]), str(entry["precision"]), str(entry["runtime"]),
+                int(entry["batch"]), float(entry["measured_ms"]), float(entry["measured_ci95_rel"]), float(entry["estimated_ms"]),
+                entry.get("load_avg"), entry.get("cores"),
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"calibration file {path}: entry {i} has a non-numeric field: {err}") from err
+        if cal.measured_ms <= 0 or cal.estimated_ms <= 0:
+            raise ConfigError(f"calibration file {path}: entry {i} fields `measured_ms` and `estimated_ms` must be > 0")
+        out.append(cal)
+    return out
+
+
 def apply_calibration(
     estimates: list[Estimate], calibrations: list[Calibration], profile: ModelProfile, catalog: Catalog
 ) -> list[Estimate]:

@@ -22,6 +22,7 @@ def advise_command(
     catalog: Path | None = typer.Option(None, "--catalog", help="YAML file adding or overriding devices."),
     sort: str = typer.Option("latency", "--sort", help="Rank by latency, cost or energy."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Measure the model here and correct same-class devices."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="Reuse the calibrations of an earlier --json report."),
     threads: int = typer.Option(2, "--threads", help="Threads for the calibration run."),
     max_seconds: float = typer.Option(10.0, "--max-seconds", help="Time budget of the calibration run."),
     seq_len: int = typer.Option(16, "--seq-len", help="Sequence length for text models."),
@@ -40,6 +41,7 @@ def advise_command(
     from rich.table import Table
 
     from modelpress.advise.advisor import advise, make_config, profile_spec
+    from modelpress.advise.calibrate import load_calibrations
     from modelpress.advise.catalog import load_catalog
     from modelpress.advise.report import COLUMNS, rows
     from modelpress.advise.report import plot as write_plot
@@ -64,7 +66,8 @@ def advise_command(
     with console.status(f"profiling {model}"):
         target = profile_spec(model, threads=threads, seq_len=seq_len)
     with console.status("estimating" + (" and calibrating on this machine" if calibrate else "")) as status:
-        report = advise(target, config, catalog=cat, progress=lambda msg: status.update(msg))
+        report = advise(target, config, catalog=cat, calibrations=load_calibrations(calibration) if calibration else None,
+                        progress=lambda msg: status.update(msg))
 
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2)

@@ -146,3 +146,36 @@ def test_trust_note_flags_a_busy_machine():
     assert "inflated" not in trust_note([quiet])
     assert "load average was 6.5 on 2 cores" in trust_note([busy])
     assert "uncalibrated" in trust_note([])
+
+
+def test_saved_calibrations_round_trip_through_a_json_report(tmp_path):
+    import json
+
+    from modelpress.advise.advisor import AdviseReport, Target, advise, make_config
+    from modelpress.advise.calibrate import load_calibrations
+
+    cat = load_catalog()
+    cals = [Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "onnxruntime", 1, 30.0, 0.02, 10.0, 1.0, 2)]
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(AdviseReport(PROFILE, [], cals).to_dict()))
+    loaded = load_calibrations(saved)
+    assert loaded == cals
+    report = advise(Target(PROFILE, "fp32"), make_config(devices=["cpu-2vcpu-avx2", "nvidia-t4"]), catalog=cat, calibrations=loaded)
+    by_device = {e.device: e for e in report.estimates}
+    raw = estimate(PROFILE, cat.devices["cpu-2vcpu-avx2"])
+    assert by_device["cpu-2vcpu-avx2"].latency_ms == pytest.approx(3.0 * raw.latency_ms)
+    assert by_device["nvidia-t4"].calibration == "uncalibrated"
+
+
+def test_bad_calibration_file_names_the_field(tmp_path):
+    from modelpress.advise.calibrate import load_calibrations
+
+    path = tmp_path / "cal.json"
+    path.write_text('{"calibrations": [{"device": "cpu-2vcpu-avx2", "precision": "fp32"}]}')
+    with pytest.raises(ConfigError, match="entry 0 lacks field.*`measured_ms`"):
+        load_calibrations(path)
+    path.write_text('{"estimates": []}')
+    with pytest.raises(ConfigError, match="`calibrations` must be a non-empty list"):
+        load_calibrations(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_calibrations(tmp_path / "none.json")
