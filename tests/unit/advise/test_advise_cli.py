@@ -48,3 +48,13 @@ def test_bad_user_catalogue_is_a_config_error(tiny_onnx, tmp_path):
 def test_missing_model_file(tmp_path):
     result = CliRunner().invoke(app, ["advise", str(tmp_path / "nope.onnx")])
     assert isinstance(result.exception, ConfigError) and "does not exist" in str(result.exception)
+
+
+def test_importing_advise_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, modelpress.advise, modelpress.cli.advise; "
+            "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
