@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelpress.advise.catalog import Catalog, Device
 from modelpress.advise.profile import ModelProfile
 from modelpress.advise.roofline import Estimate, estimate, rescale
 from modelpress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelpress.bench.measure import LatencyStats
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +34,6 @@ class LocalDevice:
     cores: int
     cpu_model: str
     flags: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """Latency of one callable: median, p90, count, and the 95% CI of the median relative to it."""
-
-    median_ms: float
-    p90_ms: float
-    n: int
-    ci95_rel: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +79,19 @@ def classify_cpu(flags: set[str], machine: str) -> str:
     return "x86-generic"
 
 
-def detect_local(cpuinfo: str | Path = "/proc/cpuinfo") -> LocalDevice:
-    """Detect this machine's calibration class from its cores and CPU flags."""
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-        elif key == "model name" and value.strip():
-            model = value.strip()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def local_from(flags: set[str] | frozenset[str], cpu_model: str, cores: int, machine: str | None = None) -> LocalDevice:
+    """Describe a machine from its CPU flags, model name and usable core count."""
+    machine = machine or platform.machine()
     interesting = sorted(f for f in flags if f.startswith(("avx", "amx", "asimd", "fma")))
-    return LocalDevice(classify_cpu(flags, platform.machine()), cores, model, tuple(interesting))
+    return LocalDevice(classify_cpu(set(flags), machine), cores, cpu_model, tuple(interesting))
+
+
+def detect_local() -> LocalDevice:
+    """Detect this machine's calibration class from its cores and CPU flags (/proc/cpuinfo)."""
+    from modelpress.bench.hardware import cpu_flags, cpu_info
+
+    info = cpu_info()
+    return local_from(cpu_flags(), str(info["cpu"]), int(info["cores"] or os.cpu_count() or 1))
 
 
 def match_local(catalog: Catalog, local: LocalDevice) -> Device:
@@ -119,45 +105,10 @@ def match_local(catalog: Catalog, local: LocalDevice) -> Device:
     return min(same, key=lambda d: abs((d.cores or 0) - local.cores))
 
 
-def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], *, warmup: int = 3, min_reps: int = 10, max_seconds: float = 10.0
-) -> dict[str, Timing]:
-    """Time several callables round-robin so machine noise hits them all alike.
-
-    A stand-in until ``modelpress.bench.measure`` lands on main; then this calls it.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        reps = len(next(iter(samples.values())))
-        if reps >= min_reps and time.perf_counter() - start > max_seconds:
-            break
-        if reps >= 1000:
-            break
-    out = {}
-    for name, values in samples.items():
-        values.sort()
-        n = len(values)
-        median = statistics.median(values)
-        # distribution-free CI of the median: order statistics n/2 -+ 1.96 sqrt(n)/2
-        half = 0.98 * n**0.5
-        lo = values[max(0, int(n / 2 - half))]
-        hi = values[min(n - 1, int(n / 2 + half))]
-        out[name] = Timing(median, values[min(n - 1, int(0.9 * n))], n, (hi - lo) / 2 / median)
-    return out
-
-
 def calibrate(
     profile: ModelProfile,
     catalog: Catalog,
-    measured: Mapping[str, tuple[str, Timing]],
+    measured: Mapping[str, tuple[str, LatencyStats]],
     *,
     batch: int = 1,
     local: LocalDevice | None = None,
@@ -168,7 +119,7 @@ def calibrate(
     Args:
         profile: the model at batch 1.
         catalog: the device catalogue.
-        measured: precision -> (runtime name, timing) measured here at ``batch``.
+        measured: precision -> (runtime name, latency from ``modelpress.bench.measure``) measured here at ``batch``.
         batch: the batch size the timings were taken at.
         local: this machine; detected when None.
         load_avg: the 1-minute load average while measuring; read now when None. A load
@@ -179,15 +130,15 @@ def calibrate(
         load_avg = os.getloadavg()[0]
     device = match_local(catalog, local)
     out = []
-    for precision, (runtime, timing) in measured.items():
+    for precision, (runtime, stats) in measured.items():
         est = estimate(profile, device, precision=precision, batch=batch)
         if est.latency_ms is None:
             raise ConfigError(f"device {device.id!r} has no {precision} peak to calibrate against")
         out.append(
-            Calibration(local.calibration_class, device.id, precision, runtime, batch, timing.median_ms, timing.ci95_rel,
+            Calibration(local.calibration_class, device.id, precision, runtime, batch, stats.p50_ms, stats.rel_half_width,
                         est.latency_ms, load_avg, local.cores)
         )
-        logger.info("calibration %s %s: measured %.2f ms, estimated %.2f ms", device.id, precision, timing.median_ms, est.latency_ms)
+        logger.info("calibration %s %s: measured %.2f ms, estimated %.2f ms", device.id, precision, stats.p50_ms, est.latency_ms)
     return out
 
 

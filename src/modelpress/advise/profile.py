@@ -80,29 +80,29 @@ def _numel(value: Any) -> int:
     return 0
 
 
-def profile_module(module: torch.nn.Module, example_inputs: tuple[Any, ...] | dict[str, Any], *, name: str = "model") -> ModelProfile:
+def profile_module(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *, name: str = "model") -> ModelProfile:
     """Profile a torch module by running it once on a batch-1 example.
 
-    MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2),
-    attributed to leaf modules; activation sizes from forward hooks on those leaves.
-    MACs outside any leaf (a functional matmul in a parent's forward) form an
+    MACs come from :func:`modelpress.bench.macs.count_macs_by_module`
+    (``torch.utils.flop_counter``, MACs = FLOPs / 2), attributed to leaf modules;
+    activation sizes from forward hooks on those leaves, recorded during the same
+    pass. MACs outside any leaf (a functional matmul in a parent's forward) form an
     ``(other)`` layer with no activation traffic counted.
 
     Args:
         module: the model, in eval mode.
-        example_inputs: positional inputs (tuple) or keyword inputs (dict), batch 1.
+        example_inputs: positional inputs, batch 1 (``ModelHandle.torch_inputs(batch=1)``).
         name: what to call the model in reports.
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    first = next(iter(example_inputs.values() if isinstance(example_inputs, dict) else example_inputs), None)
+    from modelpress.bench.macs import count_macs_by_module
+
+    first = example_inputs[0] if example_inputs else None
     if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] != 1:
         raise ConfigError(f"profile_module needs batch-1 example inputs; got batch {first.shape[0]}")
 
-    root = type(module).__name__
     activations: dict[str, int] = {}
-    handles = []
     leaves = {n: m for n, m in module.named_modules() if n and not any(True for _ in m.children())}
 
     def hook(layer_name: str):
@@ -111,31 +111,22 @@ def profile_module(module: torch.nn.Module, example_inputs: tuple[Any, ...] | di
 
         return record
 
-    for layer_name, leaf in leaves.items():
-        handles.append(leaf.register_forward_hook(hook(layer_name)))
+    handles = [leaf.register_forward_hook(hook(layer_name)) for layer_name, leaf in leaves.items()]
     try:
-        # grad mode stays on: under no_grad, nn.TransformerEncoderLayer takes a fused fast
-        # path whose kernel FlopCounterMode does not count (it reported 1/2 of the MACs)
-        with FlopCounterMode(display=False) as counter:
-            if isinstance(example_inputs, dict):
-                module(**example_inputs)
-            else:
-                module(*example_inputs)
+        counts = count_macs_by_module(module, tuple(example_inputs))
     finally:
         for h in handles:
             h.remove()
 
-    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-    total_macs = counter.get_total_flops() // 2
     layers = []
     for layer_name, leaf in leaves.items():
         kind = type(leaf).__name__
-        macs = counts.get(f"{root}.{layer_name}", 0) // 2
+        macs = counts.get(layer_name, 0)
         params = sum(p.numel() for p in leaf.parameters(recurse=False))
         if kind in _FOLDED or (macs == 0 and params == 0):
             continue  # elementwise ops fuse into their producer in the exported graph
         layers.append(LayerProfile(layer_name, kind, macs, params, activations.get(layer_name, 0)))
-    other = total_macs - sum(layer.macs for layer in layers)
+    other = counts[""] - sum(layer.macs for layer in layers)
     if other > 0:
         layers.append(LayerProfile("(other)", "functional", other, 0, 0))
     params = sum(p.numel() for p in module.parameters())

@@ -38,6 +38,7 @@ def advise_command(
     import sys
 
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from modelpress.advise.advisor import advise, make_config, profile_spec
@@ -63,11 +64,14 @@ def advise_command(
         devices=_split(devices), precisions=_split(precision), batch=batch, sort=sort, calibrate=calibrate,
         threads=threads, max_seconds=max_seconds, seq_len=seq_len,
     )
+    saved = load_calibrations(calibration) if calibration else None
     with console.status(f"profiling {model}"):
-        target = profile_spec(model, threads=threads, seq_len=seq_len)
-    with console.status("estimating" + (" and calibrating on this machine" if calibrate else "")) as status:
-        report = advise(target, config, catalog=cat, calibrations=load_calibrations(calibration) if calibration else None,
-                        progress=lambda msg: status.update(msg))
+        target = profile_spec(model, seq_len=seq_len)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  disable=not calibrate) as bar:
+        task = bar.add_task(f"measuring {target.profile.name} ({target.precision}, {target.backend}) here", total=1.0)
+        report = advise(target, config, catalog=cat, calibrations=saved,
+                        progress=lambda done: bar.update(task, completed=done))
 
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2)

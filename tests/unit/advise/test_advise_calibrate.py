@@ -7,15 +7,15 @@ import pytest
 from modelpress.advise.calibrate import (
     Calibration,
     LocalDevice,
-    Timing,
     apply_calibration,
     calibrate,
     classify_cpu,
     detect_local,
+    local_from,
     match_local,
-    time_interleaved,
     trust_note,
 )
+from modelpress.bench.measure import latency_stats
 from modelpress.advise.catalog import load_catalog
 from modelpress.advise.profile import LayerProfile, ModelProfile
 from modelpress.advise.roofline import estimate
@@ -40,13 +40,11 @@ def test_classify_cpu(flags, machine, cls):
     assert classify_cpu(flags, machine) == cls
 
 
-def test_detect_local_reads_flags_and_model(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel Xeon X\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n")
-    local = detect_local(cpuinfo)
-    assert local.cpu_model == "Intel Xeon X"
-    assert local.flags == ("avx2", "avx512_vnni", "avx512f", "fma")
-    assert local.cores >= 1
+def test_local_from_flags_and_detect_here():
+    local = local_from({"fpu", "avx2", "fma", "avx512f", "avx512_vnni"}, "Intel Xeon X", 2, "x86_64")
+    assert local == LocalDevice("x86-avx512-vnni", 2, "Intel Xeon X", ("avx2", "avx512_vnni", "avx512f", "fma"))
+    here = detect_local()
+    assert here.cores >= 1 and here.calibration_class
 
 
 def test_match_local_prefers_nearest_core_count():
@@ -60,7 +58,7 @@ def test_match_local_prefers_nearest_core_count():
 def test_ratio_is_measured_over_estimated_and_applies_to_same_class_only():
     cat = load_catalog()
     est_here = estimate(PROFILE, cat.devices["cpu-2vcpu-avx2"]).latency_ms
-    cals = calibrate(PROFILE, cat, {"fp32": ("onnxruntime", Timing(3 * est_here, 3 * est_here, 50, 0.02))}, local=AVX2_HERE)
+    cals = calibrate(PROFILE, cat, {"fp32": ("onnxruntime", latency_stats([3 * est_here] * 50))}, local=AVX2_HERE)
     assert len(cals) == 1 and cals[0].ratio == pytest.approx(3.0) and cals[0].device == "cpu-2vcpu-avx2"
 
     ids = ["cpu-2vcpu-avx2", "cpu-8core-avx2-desktop", "nvidia-t4"]
@@ -91,19 +89,6 @@ def test_same_precision_ratio_wins_over_another_precision():
     assert int8.latency_ms == pytest.approx(0.5 * raw[1].latency_ms)
     note = trust_note(cals)
     assert "ratio 2.00" in note and "ratio 0.50" in note and "4.0x" in note
-
-
-def test_time_interleaved_orders_work_by_cost():
-    def light() -> int:
-        return sum(range(2_000))
-
-    def heavy() -> int:
-        return sum(range(40_000))
-
-    t = time_interleaved({"light": light, "heavy": heavy}, warmup=1, min_reps=15, max_seconds=0.05)
-    assert t["light"].n == t["heavy"].n >= 15
-    assert t["heavy"].median_ms > 5 * t["light"].median_ms
-    assert t["heavy"].p90_ms >= t["heavy"].median_ms and t["heavy"].ci95_rel >= 0
 
 
 def test_advise_end_to_end_on_an_onnx_file(tiny_convnet, tmp_path):
@@ -179,3 +164,14 @@ def test_bad_calibration_file_names_the_field(tmp_path):
         load_calibrations(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_calibrations(tmp_path / "none.json")
+
+
+def test_spec_with_a_torch_module_profiles_and_calibrates_on_torch():
+    from modelpress.advise.advisor import advise, make_config, profile_spec
+
+    target = profile_spec("python:modelpress.testing:TinyConvNet?shape=3x16x16")
+    assert (target.precision, target.backend, target.profile.macs) == ("fp32", "torch", 1_290_400)
+    report = advise(target, make_config(devices=["cpu-2vcpu-avx2"], calibrate=True, max_seconds=0.2), local=AVX2_HERE)
+    cal = report.calibrations[0]
+    assert cal.runtime == "torch" and cal.measured_ms > 0
+    assert report.estimates[0].latency_ms == pytest.approx(cal.measured_ms)

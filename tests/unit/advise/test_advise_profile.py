@@ -68,3 +68,15 @@ def test_onnx_without_matmuls_asks_for_a_checkpoint(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ConfigError, match="torch checkpoint"):
         profile_onnx(path)
+
+
+def test_bench_count_macs_sees_the_transformer_fast_path(tiny_transformer):
+    # count_macs once ran under no_grad, where the fused encoder kernel hid all but 128 MACs
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modelpress.bench.macs import count_macs
+
+    ids = torch.randint(0, 100, (1, 16))
+    with FlopCounterMode(display=False) as counter:
+        tiny_transformer(ids)
+    assert count_macs(tiny_transformer, (ids,)) == counter.get_total_flops() // 2 == 262_272
