@@ -220,8 +220,8 @@ def trust_note(calibrations: list[Calibration]) -> str:
     ratios = [c.ratio for c in calibrations]
     if len(ratios) > 1:
         spread = max(ratios) / min(ratios)
-        text += (f" Ratios differ {spread:.1f}x across precisions, so a ratio carried to another precision, "
-                 "model or device of the class is only good to about that factor.")
+        text += (f" The ratios at different precisions differ by {spread:.2f}x; a ratio carried to another "
+                 "precision, model or device of the class is good to about that factor at best.")
     busy = [c for c in calibrations if c.load_avg is not None and c.cores and c.load_avg > c.cores]
     if busy:
         text += (f" The load average was {max(c.load_avg for c in busy):.1f} on {busy[0].cores} cores while measuring: "

@@ -21,7 +21,7 @@ def rows(estimates: list[Estimate]) -> list[tuple[str, ...]]:
         out.append((
             e.device, e.precision, str(e.batch), _fmt(e.latency_ms, ".3g"), e.bound,
             "-" if e.utilisation is None else f"{e.utilisation:.1%}", _fmt(e.energy_mj, ".3g"),
-            _fmt(e.cost_per_million_usd, ".3g"), f"{e.memory_needed_gb:.3f}", "yes" if e.fits else "NO",
+            _fmt(e.cost_per_million_usd, ".3g"), f"{e.memory_needed_gb:.3g}", "yes" if e.fits else "NO",
             e.calibration if not e.note else f"{e.calibration}; {e.note}",
         ))
     return out

@@ -88,7 +88,7 @@ def test_same_precision_ratio_wins_over_another_precision():
     assert fp32.latency_ms == pytest.approx(2.0 * raw[0].latency_ms)
     assert int8.latency_ms == pytest.approx(0.5 * raw[1].latency_ms)
     note = trust_note(cals)
-    assert "ratio 2.00" in note and "ratio 0.50" in note and "4.0x" in note
+    assert "ratio 2.00" in note and "ratio 0.50" in note and "differ by 4.00x" in note
 
 
 def test_advise_end_to_end_on_an_onnx_file(tiny_convnet, tmp_path):

@@ -58,3 +58,14 @@ def test_importing_advise_stays_light():
             "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_list_devices_shows_sources_and_user_entries(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        "devices:\n  my-box:\n    name: Box\n    kind: cpu\n    calibration_class: x86-avx2\n    peak_tops: {fp32: 0.2}\n"
+        "    memory_bandwidth_gbs: 20\n    memory_gb: 8\n    power_w: 30\n    price_usd: 500\n    source: my notes\n"
+    )
+    result = CliRunner().invoke(app, ["advise", "unused", "--list-devices", "--catalog", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert "my-box" in result.output and "my notes" in result.output and "NVIDIA T4 Tensor Core GPU datasheet" in result.output
