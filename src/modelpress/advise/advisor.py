@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,13 +25,13 @@ _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMu
 
 
 class AdviseConfig(BaseModel):
-    """What to estimate: which devices, precisions and batch size, and whether to calibrate here."""
+    """What to estimate: which devices, precisions and batch sizes, and whether to calibrate here."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     devices: list[str] | None = None
     precisions: list[Literal["fp32", "fp16", "bf16", "int8"]] | None = Field(default=None, min_length=1)
-    batch: int = Field(default=1, ge=1)
+    batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
     sort: Literal["latency", "cost", "energy"] = "latency"
     calibrate: bool = False
     threads: int = Field(default=2, ge=1)
@@ -116,19 +116,21 @@ def profile_spec(spec: str | Path, *, seq_len: int = 16) -> Target:
     return Target(profile, precision, handle)
 
 
-def measure_here(target: Target, config: AdviseConfig, *, progress: Callable[[float], None] | None = None) -> Any:
-    """Time the target on this machine with the bench harness; return its LatencyStats."""
+def measure_here(target: Target, config: AdviseConfig, *, progress: Callable[[float], None] | None = None) -> dict[int, Any]:
+    """Time the target on this machine with the bench harness at every batch size; return batch -> LatencyStats."""
     from modelpress.bench.measure import BenchConfig, BenchEntry, bench
 
     if target.handle is None:
         raise ConfigError("calibration needs a model that runs here (an ONNX file or a torch module)")
-    bench_config = BenchConfig(batch_sizes=(config.batch,), threads=config.threads, seq_len=config.seq_len,
+    bench_config = BenchConfig(batch_sizes=tuple(config.batches), threads=config.threads, seq_len=config.seq_len,
                                max_seconds=config.max_seconds, min_reps=10)
     result = bench([BenchEntry(target.profile.name, target.handle)], [target.backend], bench_config, progress=progress)
-    case = result.cases[0]
-    if case.latency is None:
-        raise ConfigError(f"could not run {target.profile.name} on {target.backend} to calibrate: {case.error}")
-    return case.latency
+    out = {}
+    for case in result.cases:
+        if case.latency is None:
+            raise ConfigError(f"could not run {target.profile.name} on {target.backend} to calibrate: {case.error}")
+        out[case.batch] = case.latency
+    return out
 
 
 def advise(
@@ -144,7 +146,7 @@ def advise(
 
     Args:
         target: from :func:`profile_spec` (or a profile without a handle, for estimates only).
-        config: devices, precisions, batch, sort order, calibration.
+        config: devices, precisions, batch sizes, sort order, calibration.
         catalog: the device catalogue; the shipped one when None.
         local: this machine; detected when None (only used when calibrating).
         calibrations: ratios measured earlier (``load_calibrations``), applied like fresh ones.
@@ -153,15 +155,16 @@ def advise(
     catalog = catalog or load_catalog()
     devices = catalog.select(config.devices)
     precisions = config.precisions or [target.precision]
-    estimates = [estimate(target.profile, d, precision=p, batch=config.batch) for d in devices for p in precisions]
+    estimates = [estimate(target.profile, d, precision=p, batch=b) for d in devices for p in precisions for b in config.batches]
     calibrations = list(calibrations or [])
     if config.calibrate:
         local = local or detect_local()
-        stats = measure_here(target, config, progress=progress)
-        fresh = calibrate(target.profile, catalog, {target.precision: (target.backend, stats)}, batch=config.batch, local=local)
-        # a fresh measurement replaces a loaded one for the same class and precision
-        done = {(f.calibration_class, f.precision) for f in fresh}
-        calibrations = [c for c in calibrations if (c.calibration_class, c.precision) not in done] + fresh
+        fresh = []
+        for batch, stats in measure_here(target, config, progress=progress).items():
+            fresh += calibrate(target.profile, catalog, {target.precision: (target.backend, stats)}, batch=batch, local=local)
+        # a fresh measurement replaces a loaded one for the same class, precision and batch
+        done = {(f.calibration_class, f.precision, f.batch) for f in fresh}
+        calibrations = [c for c in calibrations if (c.calibration_class, c.precision, c.batch) not in done] + fresh
     if calibrations:
         estimates = apply_calibration(estimates, calibrations, target.profile, catalog)
     return AdviseReport(target.profile, rank(estimates, by=config.sort), calibrations, local, trust_note(calibrations))

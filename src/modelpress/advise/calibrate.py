@@ -187,12 +187,12 @@ def apply_calibration(
 ) -> list[Estimate]:
     """Correct estimates on devices of a calibrated class; leave the rest "uncalibrated".
 
-    A ratio measured at the same precision is preferred; otherwise the class's
-    ratio at another precision is used and the label says which.
+    The class's ratio measured at the same precision and batch is preferred, then the
+    same precision at the nearest batch, then another precision; the label says which.
     """
-    by_class: dict[str, dict[str, Calibration]] = {}
+    by_class: dict[str, list[Calibration]] = {}
     for cal in calibrations:
-        by_class.setdefault(cal.calibration_class, {})[cal.precision] = cal
+        by_class.setdefault(cal.calibration_class, []).append(cal)
     out = []
     for est in estimates:
         device = catalog.devices[est.device]
@@ -200,9 +200,10 @@ def apply_calibration(
         if not cals or est.latency_ms is None:
             out.append(est)
             continue
-        cal = cals.get(est.precision) or next(iter(cals.values()))
+        cal = min(cals, key=lambda c: (c.precision != est.precision, abs(c.batch - est.batch)))
         where = "here" if cal.device == device.id else f"from {cal.device}"
-        label = f"calibrated x{cal.ratio:.2f} ({cal.precision} {where})"
+        at_batch = "" if cal.batch == est.batch else f" at batch {cal.batch}"
+        label = f"calibrated x{cal.ratio:.2f} ({cal.precision}{at_batch} {where})"
         out.append(rescale(est, profile, device, cal.ratio, label))
     return out
 
@@ -214,13 +215,14 @@ def trust_note(calibrations: list[Calibration]) -> str:
                 "runtimes is often several times the roofline (run with --calibrate).")
     parts = []
     for cal in calibrations:
-        parts.append(f"{cal.precision}: measured {cal.measured_ms:.2f} ms (±{cal.measured_ci95_rel:.0%}) vs "
+        at_batch = "" if cal.batch == 1 else f" batch {cal.batch}"
+        parts.append(f"{cal.precision}{at_batch}: measured {cal.measured_ms:.2f} ms (±{cal.measured_ci95_rel:.0%}) vs "
                      f"estimated {cal.estimated_ms:.2f} ms on {cal.device} (ratio {cal.ratio:.2f})")
     text = "; ".join(parts) + ". The calibrated figure for this machine, model and precision is as good as the measurement."
     ratios = [c.ratio for c in calibrations]
     if len(ratios) > 1:
         spread = max(ratios) / min(ratios)
-        text += (f" The ratios at different precisions differ by {spread:.2f}x; a ratio carried to another "
+        text += (f" The ratios at different precisions or batches differ by {spread:.2f}x; a ratio carried to another "
                  "precision, model or device of the class is good to about that factor at best.")
     busy = [c for c in calibrations if c.load_avg is not None and c.cores and c.load_avg > c.cores]
     if busy:

@@ -14,10 +14,19 @@ def _split(value: str | None) -> list[str] | None:
     return items or None
 
 
+def _batches(value: str) -> list[int]:
+    from modelpress.errors import ConfigError
+
+    try:
+        return [int(v) for v in _split(value) or []]
+    except ValueError as err:
+        raise ConfigError(f"--batch takes comma-separated integers such as 1,8; got {value!r}") from err
+
+
 def advise_command(
     model: str = typer.Argument(..., help="Model spec, artifact directory or .onnx file."),
     devices: str | None = typer.Option(None, "--devices", help="Comma-separated device ids (default: all). See --list-devices."),
-    batch: int = typer.Option(1, "--batch", help="Samples per inference call."),
+    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes (samples per inference call), e.g. 1,8."),
     precision: str | None = typer.Option(None, "--precision", help="Comma-separated: fp32,fp16,bf16,int8 (default: the model's own)."),
     catalog: Path | None = typer.Option(None, "--catalog", help="YAML file adding or overriding devices."),
     sort: str = typer.Option("latency", "--sort", help="Rank by latency, cost or energy."),
@@ -61,7 +70,7 @@ def advise_command(
         console.print(table)
         return
     config = make_config(
-        devices=_split(devices), precisions=_split(precision), batch=batch, sort=sort, calibrate=calibrate,
+        devices=_split(devices), precisions=_split(precision), batches=_batches(batch), sort=sort, calibrate=calibrate,
         threads=threads, max_seconds=max_seconds, seq_len=seq_len,
     )
     saved = load_calibrations(calibration) if calibration else None
@@ -83,13 +92,13 @@ def advise_command(
         write_plot(report.estimates, plot, title=f"{report.profile.name}: latency vs cost per device")
     if json_out is None or str(json_out) != "-":
         p = report.profile
-        console.print(f"[bold]{p.name}[/]: {p.macs / 1e9:.3f} GMACs, {p.params / 1e6:.2f} M params, batch {config.batch}")
+        console.print(f"[bold]{p.name}[/]: {p.macs / 1e9:.3f} GMACs, {p.params / 1e6:.2f} M params, batch {', '.join(map(str, config.batches))}")
         table = Table(*COLUMNS)
         for row in rows(report.estimates):
             table.add_row(*row)
         console.print(table)
         for cal in report.calibrations:
-            console.print(f"measured here ({cal.runtime}, {cal.precision}): {cal.measured_ms:.2f} ms ±{cal.measured_ci95_rel:.0%}; "
+            console.print(f"measured here ({cal.runtime}, {cal.precision}, batch {cal.batch}): {cal.measured_ms:.2f} ms ±{cal.measured_ci95_rel:.0%}; "
                           f"estimated for {cal.device}: {cal.estimated_ms:.2f} ms; ratio {cal.ratio:.2f}")
         console.print(f"[dim]{report.trust}[/]")
         console.print("[dim]Figures are vendor peak specs from the catalogue (modelpress advise --list-devices shows sources).[/]")

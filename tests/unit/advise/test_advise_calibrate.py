@@ -117,8 +117,10 @@ def test_advise_end_to_end_on_an_onnx_file(tiny_convnet, tmp_path):
 def test_make_config_names_bad_field():
     from modelpress.advise.advisor import make_config
 
-    with pytest.raises(ConfigError, match="`batch`"):
-        make_config(batch=0)
+    with pytest.raises(ConfigError, match="`batches.1`"):
+        make_config(batches=[1, 0])
+    with pytest.raises(ConfigError, match="`batches`"):
+        make_config(batches=[])
     with pytest.raises(ConfigError, match="`precisions.0`"):
         make_config(precisions=["int4"])
     with pytest.raises(ConfigError, match="`sort`"):
@@ -175,3 +177,30 @@ def test_spec_with_a_torch_module_profiles_and_calibrates_on_torch():
     cal = report.calibrations[0]
     assert cal.runtime == "torch" and cal.measured_ms > 0
     assert report.estimates[0].latency_ms == pytest.approx(cal.measured_ms)
+
+
+def test_nearest_batch_and_same_precision_ratio_is_chosen():
+    cat = load_catalog()
+    cals = [
+        Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "ort", 1, 20.0, 0.01, 10.0),   # ratio 2 at batch 1
+        Calibration("x86-avx2", "cpu-2vcpu-avx2", "fp32", "ort", 8, 30.0, 0.01, 20.0),   # ratio 1.5 at batch 8
+        Calibration("x86-avx2", "cpu-2vcpu-avx2", "int8", "ort", 1, 40.0, 0.01, 10.0),   # ratio 4 at batch 1
+    ]
+    dev = cat.devices["cpu-2vcpu-avx2"]
+    raw = [estimate(PROFILE, dev, precision="fp32", batch=b) for b in (1, 4, 16)] + [estimate(PROFILE, dev, precision="int8", batch=16)]
+    b1, b4, b16, i16 = apply_calibration(raw, cals, PROFILE, cat)
+    assert b1.latency_ms == pytest.approx(2.0 * raw[0].latency_ms) and b1.calibration == "calibrated x2.00 (fp32 here)"
+    assert b4.latency_ms == pytest.approx(2.0 * raw[1].latency_ms)      # |4-1| < |4-8|
+    assert b16.latency_ms == pytest.approx(1.5 * raw[2].latency_ms) and "at batch 8" in b16.calibration
+    assert i16.latency_ms == pytest.approx(4.0 * raw[3].latency_ms) and "int8 at batch 1" in i16.calibration
+
+
+def test_calibration_at_two_batches_in_one_run():
+    from modelpress.advise.advisor import advise, make_config, profile_spec
+
+    target = profile_spec("python:modelpress.testing:TinyConvNet?shape=3x16x16")
+    report = advise(target, make_config(devices=["cpu-2vcpu-avx2"], batches=[1, 4], calibrate=True, max_seconds=0.3), local=AVX2_HERE)
+    assert sorted(c.batch for c in report.calibrations) == [1, 4]
+    by_batch = {e.batch: e for e in report.estimates}
+    for cal in report.calibrations:
+        assert by_batch[cal.batch].latency_ms == pytest.approx(cal.measured_ms)

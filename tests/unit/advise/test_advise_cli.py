@@ -24,15 +24,17 @@ def test_json_and_plot(tiny_onnx, tmp_path):
     out, png = tmp_path / "advise.json", tmp_path / "advise.png"
     result = CliRunner().invoke(app, [
         "advise", str(tiny_onnx), "--devices", "nvidia-t4,raspberry-pi-5", "--precision", "fp32,int8",
-        "--batch", "8", "--sort", "cost", "--json", str(out), "--plot", str(png),
+        "--batch", "1,8", "--sort", "cost", "--json", str(out), "--plot", str(png),
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["model"]["macs"] == 1_290_400
-    assert {(e["device"], e["precision"]) for e in data["estimates"]} == {
-        ("nvidia-t4", "fp32"), ("nvidia-t4", "int8"), ("raspberry-pi-5", "fp32"), ("raspberry-pi-5", "int8")}
+    assert {(e["device"], e["precision"], e["batch"]) for e in data["estimates"]} == {
+        (d, p, b) for d in ("nvidia-t4", "raspberry-pi-5") for p in ("fp32", "int8") for b in (1, 8)}
     costs = [e["cost_per_million_usd"] for e in data["estimates"]]
-    assert costs == sorted(costs) and all(e["batch"] == 8 for e in data["estimates"])
+    assert costs == sorted(costs)
+    t4 = {e["batch"]: e for e in data["estimates"] if (e["device"], e["precision"]) == ("nvidia-t4", "fp32")}
+    assert t4[8]["throughput_per_s"] > t4[1]["throughput_per_s"]     # the fixed launch overhead is shared by 8
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "raspberry-pi-5" in result.output
 
@@ -43,6 +45,11 @@ def test_bad_user_catalogue_is_a_config_error(tiny_onnx, tmp_path):
     result = CliRunner().invoke(app, ["advise", str(tiny_onnx), "--catalog", str(bad)])
     assert isinstance(result.exception, ConfigError)
     assert "device 'nvidia-t4'" in str(result.exception) and "`power_w`" in str(result.exception)
+
+
+def test_bad_batch_list(tiny_onnx):
+    result = CliRunner().invoke(app, ["advise", str(tiny_onnx), "--batch", "1,eight"])
+    assert isinstance(result.exception, ConfigError) and "--batch" in str(result.exception)
 
 
 def test_missing_model_file(tmp_path):
