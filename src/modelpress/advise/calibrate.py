@@ -96,7 +96,7 @@ def detect_local() -> LocalDevice:
 
 def match_local(catalog: Catalog, local: LocalDevice) -> Device:
     """Return the catalogue device standing for this machine: same class, nearest core count."""
-    same = [d for d in catalog.devices.values() if d.calibration_class == local.calibration_class and d.kind == "cpu"]
+    same = [d for d in catalog.devices.values() if d.calibration_class == local.calibration_class and d.kind != "gpu"]
     if not same:
         raise ConfigError(
             f"this machine is class {local.calibration_class!r} ({local.cpu_model}, {local.cores} cores) and no "
@@ -224,7 +224,8 @@ def trust_note(calibrations: list[Calibration]) -> str:
         spread = max(ratios) / min(ratios)
         text += (f" The ratios at different precisions or batches differ by {spread:.2f}x; a ratio carried to another "
                  "precision, model or device of the class is good to about that factor at best.")
-    busy = [c for c in calibrations if c.load_avg is not None and c.cores and c.load_avg > c.cores]
+    # the measurement itself keeps about `cores` threads busy; well past that, others were running too
+    busy = [c for c in calibrations if c.load_avg is not None and c.cores and c.load_avg > 1.5 * c.cores]
     if busy:
         text += (f" The load average was {max(c.load_avg for c in busy):.1f} on {busy[0].cores} cores while measuring: "
                  "other processes shared the cores, so the measured latency and the ratio are inflated; "
