@@ -101,3 +101,11 @@ def test_select_unknown_device_lists_known_ones():
     assert [d.id for d in cat.select(["nvidia-t4", "raspberry-pi-5"])] == ["nvidia-t4", "raspberry-pi-5"]
     with pytest.raises(ConfigError, match="unknown device.*tpu-v9.*known: .*nvidia-t4"):
         cat.select(["tpu-v9"])
+
+
+def test_example_user_catalogue_loads():
+    from pathlib import Path
+
+    path = Path(__file__).parents[3] / "examples" / "advise" / "my-devices.yaml"
+    cat = load_catalog(path)
+    assert cat.devices["nvidia-t4"].hourly_usd == 0.35 and cat.devices["office-nuc"].cores == 4
