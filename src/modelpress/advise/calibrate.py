@@ -65,6 +65,7 @@ _CLASS_FLAGS = (  # most capable first
     ("amx_tile", "x86-amx"),
     ("avx512_vnni", "x86-avx512-vnni"),
     ("avx512f", "x86-avx512"),
+    ("avx_vnni", "x86-avx-vnni"),   # 256-bit VNNI on client cores without AVX-512 (Alder Lake and later)
     ("avx2", "x86-avx2"),
 )
 

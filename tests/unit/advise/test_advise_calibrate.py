@@ -31,6 +31,7 @@ AVX2_HERE = LocalDevice("x86-avx2", 2, "AMD EPYC", ("avx2", "fma"))
         ({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, "x86_64", "x86-amx"),
         ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "x86-avx512-vnni"),
         ({"avx2", "avx512f"}, "x86_64", "x86-avx512"),
+        ({"avx2", "fma", "avx_vnni"}, "x86_64", "x86-avx-vnni"),
         ({"avx2", "fma"}, "x86_64", "x86-avx2"),
         ({"sse4_2"}, "x86_64", "x86-generic"),
         ({"asimd", "asimddp"}, "aarch64", "arm-a76"),
