@@ -205,3 +205,26 @@ def test_calibration_at_two_batches_in_one_run():
     by_batch = {e.batch: e for e in report.estimates}
     for cal in report.calibrations:
         assert by_batch[cal.batch].latency_ms == pytest.approx(cal.measured_ms)
+
+
+def test_artifact_directory_profiles_from_its_checkpoint_and_int8_from_its_graph(tmp_path):
+    import dataclasses
+
+    from modelpress.advise.advisor import profile_spec
+    from modelpress.artifact import write_artifact
+    from modelpress.export.onnx import export_onnx
+    from modelpress.sources.models import load_model
+
+    handle = load_model("python:modelpress.testing:TinyConvNet?shape=3x16x16")
+    export_onnx(handle, tmp_path / "tiny.onnx")
+    art = write_artifact(tmp_path / "art", handle=handle.with_onnx(tmp_path / "tiny.onnx"))
+    target = profile_spec(str(art))
+    assert (target.precision, target.backend, target.profile.macs) == ("fp32", "onnxruntime", 1_290_400)
+    assert target.handle is not None and target.handle.module is not None   # profiled from the checkpoint
+
+    # an int8 artifact keeps its module for training, but the ONNX graph is what ships and is profiled
+    int8 = dataclasses.replace(target.handle, precision="int8")
+    art8 = write_artifact(tmp_path / "art8", handle=int8)
+    target8 = profile_spec(str(art8))
+    assert target8.precision == "int8" and target8.profile.macs == 1_290_400
+    assert all(layer.kind in ("Conv", "Gemm", "MatMul") for layer in target8.profile.layers)
