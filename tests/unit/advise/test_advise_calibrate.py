@@ -169,6 +169,7 @@ def test_bad_calibration_file_names_the_field(tmp_path):
         load_calibrations(tmp_path / "none.json")
 
 
+@pytest.mark.slow
 def test_spec_with_a_torch_module_profiles_and_calibrates_on_torch():
     from modelpress.advise.advisor import advise, make_config, profile_spec
 
@@ -196,6 +197,7 @@ def test_nearest_batch_and_same_precision_ratio_is_chosen():
     assert i16.latency_ms == pytest.approx(4.0 * raw[3].latency_ms) and "int8 at batch 1" in i16.calibration
 
 
+@pytest.mark.slow
 def test_calibration_at_two_batches_in_one_run():
     from modelpress.advise.advisor import advise, make_config, profile_spec
 
@@ -207,6 +209,7 @@ def test_calibration_at_two_batches_in_one_run():
         assert by_batch[cal.batch].latency_ms == pytest.approx(cal.measured_ms)
 
 
+@pytest.mark.slow
 def test_artifact_directory_profiles_from_its_checkpoint_and_int8_from_its_graph(tmp_path):
     import dataclasses
 
