@@ -215,3 +215,19 @@ def test_backend_is_chosen_per_model(model_dir, backend):
         got = np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 3)
     ref = OrtSession(model_dir / "lin" / "model.onnx").run({"input": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_models_are_served_from_the_registry_by_alias(model_dir, tmp_path):
+    from modelpress.registry.store import open_registry
+
+    url = f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
+    registry = open_registry(url)
+    v1 = registry.register("lin", model_dir / "lin")
+    registry.register("embed", model_dir / "seq")
+    registry.set_alias("lin", "production", v1.number)
+    registry.close()
+    config = ServeConfig(registry=url, registry_models=("lin@production", "embed"))
+    runners = {(r.name, r.version) for r in load_runners(config)}
+    assert runners == {("lin", str(v1.number)), ("embed", "1")}
+    with pytest.raises(Exception, match="ghost"):
+        load_runners(ServeConfig(registry=url, registry_models=("ghost@production",)))

@@ -38,22 +38,16 @@ def serve(
     Example:
 
         modelpress serve --model-dir artifacts/ --port 8000 --max-batch-size 8
+
+        modelpress serve --model resnet18-int8@production --registry sqlite:///.modelpress/registry.db
     """
     from modelpress.cli.common import status
-    from modelpress.errors import ConfigError
     from modelpress.serve.config import ServeConfig
     from modelpress.serve.server import load_runners, run_server
 
-    if model:
-        # the registry part has not landed yet; say so instead of ignoring the flag
-        raise ConfigError(
-            f"--model {model[0]} needs the model registry, which this build does not have yet; "
-            "serve artifact directories with --model-dir DIR"
-        )
-    del registry
     base = ServeConfig.from_file(config_file) if config_file else ServeConfig()
     data = base.model_dump()
-    top = {"model_dir": model_dir, "host": host, "port": port, "max_body_bytes": max_body_bytes, "token": token}
+    top = {"model_dir": model_dir, "registry": registry, "registry_models": tuple(model) if model else None, "host": host, "port": port, "max_body_bytes": max_body_bytes, "token": token}
     data.update({k: v for k, v in top.items() if v is not None})
     data["access_log"] = access_log and base.access_log
     batching = {
