@@ -196,12 +196,16 @@ class HeaderRouter:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.recorded: list[tuple[str, int]] = []
 
     def route(self, headers, entry):
         return headers.get("x-version", entry.default_version)
 
     def observe(self, version, inputs, result):
         self.seen.append(version)
+
+    def record(self, version, *, latency_s, code):
+        self.recorded.append((version, code))
 
 
 def test_router_seam_picks_the_version(client):
@@ -212,7 +216,10 @@ def test_router_seam_picks_the_version(client):
     assert r.json()["model_version"] == "1"
     r = client.post("/v2/models/lin/infer", json=json_infer(x))
     assert r.json()["model_version"] == "2"
-    assert router.seen == ["1", "2"]
+    r = client.post("/v2/models/lin/infer", content=b"{bad", headers={"x-version": "1"})
+    assert r.status_code == 400
+    assert router.seen == ["1", "2"]  # successes only, with inputs and outputs
+    assert router.recorded == [("1", 200), ("2", 200), ("1", 400)]  # every routed request
 
 
 def test_config_rejects_unknown_keys_naming_them():
