@@ -11,7 +11,7 @@ import typer
 def serve(
     model_dir: Path = typer.Option(None, "--model-dir", help="Serve every artifact directory inside DIR under its folder name."),
     registry: str = typer.Option(None, "--registry", envvar="MODELPRESS_REGISTRY", help="Registry URL to serve --model from."),
-    model: list[str] = typer.Option(None, "--model", help="Serve NAME[@ALIAS] from the registry (repeatable)."),
+    model: list[str] = typer.Option(None, "--model", help="Serve a registry version: NAME, NAME@ALIAS or NAME@vN (repeatable)."),
     config_file: Path = typer.Option(None, "--config", help="YAML server config (flags given here override it)."),
     host: str = typer.Option(None, "--host", help="Address to bind; 127.0.0.1 unless told otherwise."),
     port: int = typer.Option(None, "--port", help="TCP port (default 8000)."),
