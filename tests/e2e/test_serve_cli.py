@@ -51,9 +51,11 @@ def test_serve_loadtest_and_sigterm_drain(tmp_path):
     write_test_artifact(tmp_path / "models" / "lin", tmp_path / "lin.onnx")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # stderr to a file: an undrained pipe would fill up with access-log lines
+    err_file = (tmp_path / "server.err").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelpress.cli.main", "serve", "--model-dir", str(tmp_path / "models"), "--port", str(port), "--max-batch-size", "4"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(), stdout=subprocess.DEVNULL, stderr=err_file, text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -76,7 +78,9 @@ def test_serve_loadtest_and_sigterm_drain(tmp_path):
         assert result.returncode == 2 and "unknown model 'ghost'" in result.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        err_file.close()
+    err = (tmp_path / "server.err").read_text()
     # uvicorn drains, shuts the lifespan down, then re-raises SIGTERM so the exit status tells why it stopped
     assert proc.returncode in (0, -signal.SIGTERM), err[-2000:]
     assert "Traceback" not in err

@@ -10,6 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from modelpress.serve.app import create_app
 from modelpress.serve.config import ServeConfig
@@ -39,6 +40,8 @@ def json_body(x: np.ndarray) -> dict:
 
 
 def test_tritonclient_http_works_unchanged(model_dir):
+    # `make install` brings gevent with tritonclient[http]; a hand-made venv may lack it
+    pytest.importorskip("gevent", reason="tritonclient.http needs gevent: pip install 'tritonclient[http]'")
     import tritonclient.http as httpclient
 
     config = ServeConfig(model_dir=model_dir)
@@ -77,7 +80,7 @@ def test_tritonclient_http_works_unchanged(model_dir):
 
 
 def test_concurrent_callers_each_get_their_own_rows(tmp_path):
-    runner = slow_runner(tmp_path, 0.01)
+    runner = slow_runner(tmp_path, 0.05)
     config = ServeConfig.parse({"default_model": {"batching": {"max_batch_size": 8}}})
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((int(rng.integers(1, 3)), 4)).astype(np.float32) for _ in range(48)]
@@ -98,14 +101,14 @@ def test_concurrent_callers_each_get_their_own_rows(tmp_path):
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path):
-    runner = slow_runner(tmp_path, 0.2)
+    runner = slow_runner(tmp_path, 0.5)
     config = ServeConfig.parse({"retry_after_s": 2, "default_model": {"batching": {"max_batch_size": 1, "max_queue_size": 2}}})
     x = np.zeros((1, 4), np.float32)
     with ThreadedServer(create_app([runner], config)) as srv:
 
         async def go():
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
-                return await asyncio.gather(*(c.post("/v2/models/slow/infer", json=json_body(x)) for _ in range(8)))
+                return await asyncio.gather(*(c.post("/v2/models/slow/infer", json=json_body(x)) for _ in range(12)))
 
         codes = [r.status_code for r in asyncio.run(go())]
         rejected = [r for r in asyncio.run(go()) if r.status_code == 503]
@@ -199,3 +202,34 @@ def test_binary_and_json_sequence_batches_are_padded_correctly(model_dir):
         want_hidden, want_emb = seq.run_sync({"input_ids": ids, "attention_mask": np.ones_like(ids)})
         assert outs["hidden"]["shape"] == list(want_hidden.shape)  # padding cut back to the caller's length
         np.testing.assert_allclose(np.asarray(outs["embedding"]["data"]).reshape(1, -1), want_emb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_backend_is_chosen_per_model(model_dir, backend):
+    config = ServeConfig.parse({"model_dir": str(model_dir), "models": {"lin": {"backend": backend, "threads": 1}}})
+    runners = {r.name: r for r in load_runners(config)}
+    assert runners["lin"].platform == backend and runners["seq"].platform == "onnxruntime"
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with TestClient(create_app(list(runners.values()), config)) as client:
+        r = client.post("/v2/models/lin/infer", json=json_body(x))
+        assert r.status_code == 200, r.text
+        got = np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 3)
+    ref = OrtSession(model_dir / "lin" / "model.onnx").run({"input": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_models_are_served_from_the_registry_by_alias(model_dir, tmp_path):
+    from modelpress.registry.store import open_registry
+
+    url = f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
+    registry = open_registry(url)
+    v1 = registry.register("lin", model_dir / "lin")
+    registry.register("embed", model_dir / "seq")
+    registry.set_alias("lin", "production", v1.number)
+    registry.close()
+    config = ServeConfig(registry=url, registry_models=("lin@production", "embed"))
+    runners = {(r.name, r.version) for r in load_runners(config)}
+    assert runners == {("lin", str(v1.number)), ("embed", "1")}
+    with pytest.raises(Exception, match="ghost"):
+        load_runners(ServeConfig(registry=url, registry_models=("ghost@production",)))

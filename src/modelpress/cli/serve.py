@@ -10,6 +10,8 @@ import typer
 
 def serve(
     model_dir: Path = typer.Option(None, "--model-dir", help="Serve every artifact directory inside DIR under its folder name."),
+    registry: str = typer.Option(None, "--registry", envvar="MODELPRESS_REGISTRY", help="Registry URL to serve --model from."),
+    model: list[str] = typer.Option(None, "--model", help="Serve a registry version: NAME, NAME@ALIAS or NAME@vN (repeatable)."),
     config_file: Path = typer.Option(None, "--config", help="YAML server config (flags given here override it)."),
     host: str = typer.Option(None, "--host", help="Address to bind; 127.0.0.1 unless told otherwise."),
     port: int = typer.Option(None, "--port", help="TCP port (default 8000)."),
@@ -36,6 +38,8 @@ def serve(
     Example:
 
         modelpress serve --model-dir artifacts/ --port 8000 --max-batch-size 8
+
+        modelpress serve --model resnet18-int8@production --registry sqlite:///.modelpress/registry.db
     """
     from modelpress.cli.common import status
     from modelpress.serve.config import ServeConfig
@@ -43,7 +47,7 @@ def serve(
 
     base = ServeConfig.from_file(config_file) if config_file else ServeConfig()
     data = base.model_dump()
-    top = {"model_dir": model_dir, "host": host, "port": port, "max_body_bytes": max_body_bytes, "token": token}
+    top = {"model_dir": model_dir, "registry": registry, "registry_models": tuple(model) if model else None, "host": host, "port": port, "max_body_bytes": max_body_bytes, "token": token}
     data.update({k: v for k, v in top.items() if v is not None})
     data["access_log"] = access_log and base.access_log
     batching = {
@@ -67,15 +71,9 @@ def serve(
     with status("loading models"):
         runners = load_runners(config)
     if config.access_log:
-        import logging
-        import sys
+        from modelpress.serve.server import log_requests_to_stderr
 
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access = logging.getLogger("modelpress.serve.access")
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+        log_requests_to_stderr()
     names = ", ".join(sorted({f"{r.name}@{r.version}" for r in runners}))
     typer.echo(f"serving {names} on http://{config.host}:{config.port} (pid {os.getpid()})", err=True)
     run_server(config, runners)

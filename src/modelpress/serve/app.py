@@ -244,8 +244,13 @@ def create_app(
             log.exception("inference on %s@%s failed", runner.name, runner.version)
             return _error(code, f"inference failed: {type(err).__name__}: {err}")
         finally:
+            elapsed = time.perf_counter() - started
             loaded.metrics.request(code)
-            loaded.metrics.total.observe(time.perf_counter() - started)
+            loaded.metrics.total.observe(elapsed)
+            record = getattr(entry.router, "record", None)
+            if record is not None:
+                # every routed request, failed or not: what a canary gate watches
+                record(runner.version, latency_s=elapsed, code=code)
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

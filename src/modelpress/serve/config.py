@@ -59,6 +59,8 @@ class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     model_dir: Path | None = None
+    registry: str | None = None
+    registry_models: tuple[str, ...] = ()
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(1, ge=0)
     access_log: bool = True

@@ -222,7 +222,7 @@ async def run_load(config: LoadConfig, *, progress: Callable[[float], None] | No
         try:
             meta = await client.get(path)
         except httpx.HTTPError as err:
-            raise ConfigError(f"cannot reach {base}: {err}") from err
+            raise ConfigError(f"cannot reach {base}: {type(err).__name__}: {err}") from err
         if meta.status_code != 200:
             raise ConfigError(f"{base}{path} answered {meta.status_code}: {meta.text[:200]}")
         factory = PayloadFactory(meta.json(), config.payload, batch=config.batch, seq_len=config.seq_len, seed=config.seed)

@@ -3,8 +3,9 @@
 ``ModelEntry.route(headers) -> version`` is the one seam traffic policies plug
 into: set ``entry.router`` to any object with ``route(headers, entry) -> str``
 (A/B split, canary, ...). The default answers the entry's default version.
-A router may also define ``observe(version, inputs, result)``; the app calls
-it after each successful inference (e.g. to mirror traffic to a shadow).
+A router may also define ``observe(version, inputs, result)``, called after
+each successful inference (e.g. to mirror traffic to a shadow), and
+``record(version, *, latency_s, code)``, called for every routed request.
 """
 
 from __future__ import annotations

@@ -196,12 +196,16 @@ class HeaderRouter:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.recorded: list[tuple[str, int]] = []
 
     def route(self, headers, entry):
         return headers.get("x-version", entry.default_version)
 
     def observe(self, version, inputs, result):
         self.seen.append(version)
+
+    def record(self, version, *, latency_s, code):
+        self.recorded.append((version, code))
 
 
 def test_router_seam_picks_the_version(client):
@@ -212,7 +216,10 @@ def test_router_seam_picks_the_version(client):
     assert r.json()["model_version"] == "1"
     r = client.post("/v2/models/lin/infer", json=json_infer(x))
     assert r.json()["model_version"] == "2"
-    assert router.seen == ["1", "2"]
+    r = client.post("/v2/models/lin/infer", content=b"{bad", headers={"x-version": "1"})
+    assert r.status_code == 400
+    assert router.seen == ["1", "2"]  # successes only, with inputs and outputs
+    assert router.recorded == [("1", 200), ("2", 200), ("1", 400)]  # every routed request
 
 
 def test_config_rejects_unknown_keys_naming_them():
@@ -226,3 +233,22 @@ def test_config_rejects_unknown_keys_naming_them():
     assert cfg.for_model("lin").batching.policy().max_queue_delay_s == 0.005
     assert cfg.for_model("other").batching.max_batch_size == 8
     assert cfg.host == "127.0.0.1"
+
+
+def test_access_log_never_blocks_the_loop_when_stderr_is_stuck():
+    import logging
+    import queue
+
+    from modelpress.serve.server import _DroppingQueueHandler
+
+    stuck: queue.Queue = queue.Queue(2)  # nobody drains it, as with a full stderr pipe
+    handler = _DroppingQueueHandler(stuck)
+    logger = logging.getLogger("test.access.stuck")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    before = _DroppingQueueHandler.dropped
+    for i in range(5):
+        logger.info('{"n": %d}', i)  # returns at once instead of blocking
+    assert stuck.qsize() == 2 and _DroppingQueueHandler.dropped - before == 3
+    logger.removeHandler(handler)
