@@ -291,10 +291,17 @@ def install_rollout(
 ) -> RolloutControl:
     """Put traffic policies, the management API and the dashboard on an app made by ``create_app``.
 
-    Sets ``app.state.rollout``; wraps the app's lifespan so that shutdown waits
+    Policy history goes to ``registry``, else to the registry ``config.registry`` names
+    (opened here, closed at shutdown), else nowhere. Sets ``app.state.rollout``; wraps the app's lifespan so that shutdown waits
     for shadow calls and drains and writes out the queued policy history.
     """
-    control = RolloutControl(app.state.repository, app.state.metrics, app.state.config, registry=registry, options=options)
+    config = app.state.config
+    owned = None
+    if registry is None and getattr(config, "registry", None):
+        from modelpress.registry import open_registry
+
+        registry = owned = open_registry(config.registry)
+    control = RolloutControl(app.state.repository, app.state.metrics, config, registry=registry, options=options)
     app.router.routes.extend(management_routes(control, token=token))
     inner = app.router.lifespan_context
 
@@ -306,6 +313,8 @@ def install_rollout(
                 yield state
             finally:
                 await control.close()
+                if owned is not None:
+                    owned.close()
 
     app.router.lifespan_context = lifespan
     app.state.rollout = control

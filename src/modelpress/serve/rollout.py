@@ -56,10 +56,9 @@ _VERSION_FAILURES = frozenset({500, 504})
 
 @dataclass(frozen=True, slots=True)
 class _Routed:
-    """The decision of the request running in this context, and when it was taken."""
+    """The decision of the request running in this context."""
 
     decision: RouteDecision
-    started: float
 
 
 _CURRENT: contextvars.ContextVar[_Routed | None] = contextvars.ContextVar("modelpress_route", default=None)
@@ -134,9 +133,9 @@ class PolicySeam:
         self.model = model
 
     def route(self, headers: Mapping[str, str], entry: ModelEntry) -> str:
-        """Return the version that answers; remember the whole decision for :meth:`finished`."""
+        """Return the version that answers; remember the whole decision for :meth:`record`."""
         decision = self.control.router.route(self.model, headers.get(self.control.key_header))
-        _CURRENT.set(_Routed(decision, time.perf_counter()))
+        _CURRENT.set(_Routed(decision))
         return decision.primary
 
     def observe(self, version: str, inputs: Mapping[str, np.ndarray], result: Result) -> None:
@@ -146,19 +145,16 @@ class PolicySeam:
             return
         self.control.mirror(routed.decision, inputs, result.outputs[0] if result.outputs else None)
 
-    def finished(self, version: str, code: int) -> None:
-        """Report the outcome of a request answered by ``version`` (HTTP ``code``)."""
+    def record(self, version: str, *, latency_s: float, code: int) -> None:
+        """Report the outcome of a request answered by ``version`` (HTTP ``code``), as the app does for each."""
         routed = _CURRENT.get()
         _CURRENT.set(None)
         ok = code < 400
+        self.control.live.add(self.model, version, latency_s if ok else None, ok=ok)
         if routed is None or routed.decision.primary != version:
-            # an explicit /versions/{v} request: counted on the dashboard, not in the gate
-            self.control.live.add(self.model, version, None, ok=ok)
-            return
-        latency = time.perf_counter() - routed.started
-        self.control.live.add(self.model, version, latency, ok=ok)
+            return  # an explicit /versions/{v} request: counted on the dashboard, not in the gate
         if ok or code in _VERSION_FAILURES:
-            self.control.router.record(routed.decision, latency_s=latency, error=not ok)
+            self.control.router.record(routed.decision, latency_s=latency_s, error=not ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +309,7 @@ class RolloutControl:
             if self.registry is None:
                 raise ConfigError(f"cannot load {ref!r}: the server has no registry; start it with --registry URL.")
             info = await asyncio.to_thread(self.registry.get, ref if "@" in ref else f"{model}@{ref}")
-            version = version or f"v{info.number}"
+            version = version or str(info.number)  # the registry's number, as `serve --model` names it
             artifact_dir = await asyncio.to_thread(self.registry.path, info.ref)
         if not version:
             raise ConfigError(f"loading {artifact_dir} needs a `version` name such as 'v4'.")
@@ -485,27 +481,6 @@ def _split_of(policy: Policy) -> dict[str, float]:
     return {}
 
 
-def load_registry_runners(config: ServeConfig, registry: Registry, refs: list[str]) -> list[ModelRunner]:
-    """Load ``NAME[@ALIAS]`` references from the registry, each served as model NAME version ``vN``.
-
-    Raises:
-        NotFoundError: a reference names no model, alias or version.
-    """
-    from modelpress.serve.runner import load_runner
-
-    runners = []
-    for ref in refs:
-        info = registry.get(ref)
-        model_config = config.for_model(info.model)
-        runners.append(
-            load_runner(
-                info.model, f"v{info.number}", registry.path(info.ref), backend=model_config.backend,
-                threads=model_config.threads, instances=model_config.batching.instances,
-            )
-        )
-    return runners
-
-
 __all__ = [
     "DEFAULT_KEY_HEADER",
     "BackgroundRecorder",
@@ -513,5 +488,4 @@ __all__ = [
     "PolicySeam",
     "RolloutControl",
     "RolloutOptions",
-    "load_registry_runners",
 ]

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from modelpress.serve.app import create_app
 from modelpress.serve.config import ServeConfig
 from modelpress.serve.management import install_rollout
-from modelpress.serve.rollout import BackgroundRecorder, LiveStats, load_registry_runners
+from modelpress.serve.rollout import BackgroundRecorder, LiveStats
 from modelpress.serve.router import Router
 from modelpress.serve.testing import linear_model, write_test_artifact
 
@@ -69,25 +69,27 @@ def test_serve_and_load_by_registry_reference(tmp_path):
         weights[seed] = linear_model(tmp_path / f"m{seed}.onnx", seed=seed)
         registry.register("lin", write_test_artifact(tmp_path / f"a{seed}", tmp_path / f"m{seed}.onnx"))
     registry.set_alias("lin", "production", 1)
-    config = ServeConfig(access_log=False)
-    runners = load_registry_runners(config, registry, ["lin@production"])
-    assert [(r.name, r.version) for r in runners] == [("lin", "v1")]
+    from modelpress.serve.server import load_runners
+
+    config = ServeConfig(access_log=False, registry=f"sqlite:///{tmp_path / 'reg.db'}", registry_models=("lin@production",))
+    runners = load_runners(config)
+    assert [(r.name, r.version) for r in runners] == [("lin", "1")]
     app = create_app(runners, config, rollout=False)
     install_rollout(app, token="t", registry=registry)
     auth = {"Authorization": "Bearer t"}
     x = np.ones((1, 4), np.float32)
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": x.ravel().tolist()}]}
     with TestClient(app) as client:
-        r = client.post("/management/models/lin/versions", json={"ref": "v2", "switch": True, "by": "ci"}, headers=auth)
+        r = client.post("/management/models/lin/versions", json={"ref": "2", "switch": True, "by": "ci"}, headers=auth)
         assert r.status_code == 200, r.text
-        assert r.json()["loaded"] == "v2"
+        assert r.json()["loaded"] == "2"
         out = client.post("/v2/models/lin/infer", json=body).json()
         w, b = weights[2]
-        assert out["model_version"] == "v2"
+        assert out["model_version"] == "2"
         np.testing.assert_allclose(np.array(out["outputs"][0]["data"]), (x @ w + b).ravel(), rtol=1e-5)
         missing = client.post("/management/models/lin/versions", json={"ref": "lin@v7"}, headers=auth)
         assert missing.status_code == 404 and "v7" in missing.json()["error"]
-        both = client.post("/management/models/lin/versions", json={"ref": "v2", "artifact_dir": "/x"}, headers=auth)
+        both = client.post("/management/models/lin/versions", json={"ref": "2", "artifact_dir": "/x"}, headers=auth)
         assert both.status_code == 400 and "exactly one" in both.json()["error"]
         history = client.get("/management/models/lin/history").json()["history"]
     assert [(h["action"], h["by"]) for h in history][-1] == ("switch", "ci")
