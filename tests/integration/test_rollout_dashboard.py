@@ -67,26 +67,33 @@ def test_dashboard_renders_live_status_in_chromium(tmp_path):
     linear_model(tmp_path / "a.onnx", seed=1)
     linear_model(tmp_path / "b.onnx", seed=2)
     runners = [
-        ModelRunner("digits-lin", v, [s], s.input_meta())
+        ModelRunner(name, v, [s], s.input_meta())
+        for name in ("digits-lin", "shadowed", "canaried")
         for v, s in (("v1", OrtSession(tmp_path / "a.onnx")), ("v2", OrtSession(tmp_path / "b.onnx")))
     ]
     app = create_app(runners, ServeConfig(access_log=False, token=TOKEN))
     x = np.ones((1, 4), np.float32)
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": x.ravel().tolist()}]}
     with ThreadedServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        r = client.post(
-            "/management/models/digits-lin/split", json={"weights": {"v1": 0.75, "v2": 0.25}},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = client.post("/management/models/digits-lin/split", json={"weights": {"v1": 0.75, "v2": 0.25}}, headers=auth)
         assert r.status_code == 200, r.text
+        client.post("/management/models/shadowed/shadow", json={"primary": "v1", "candidate": "v2", "share": 1.0}, headers=auth).raise_for_status()
+        client.post("/management/models/canaried/canary", json={"stable": "v1", "candidate": "v2"}, headers=auth).raise_for_status()
         for i in range(40):
             client.post("/v2/models/digits-lin/infer", json=body, headers={"X-Caller-Id": f"c{i}"}).raise_for_status()
+        for i in range(20):
+            client.post("/v2/models/shadowed/infer", json=body).raise_for_status()
+        deadline = time.monotonic() + 10
+        while client.get("/management/models/shadowed").json()["shadow"]["requests"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
         started = time.monotonic()
         done = chromium(binary, tmp_path / "profile", "--virtual-time-budget=8000", "--dump-dom", f"{server.url}/dashboard/")
         screenshot = chromium(
-            binary, tmp_path / "profile2", "--virtual-time-budget=8000", "--window-size=1280,900",
+            binary, tmp_path / "profile2", "--virtual-time-budget=8000", "--window-size=1400,1100",
             f"--screenshot={tmp_path / 'dashboard.png'}", f"{server.url}/dashboard/",
         )
+        httpx_status = {m["model"]: m for m in client.get("/management/status").json()["models"]}
     dom = done.stdout
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-loaded="true"' in dom, f"the page never loaded the status (after {time.monotonic() - started:.1f} s): {dom[:2000]}"
@@ -97,5 +104,12 @@ def test_dashboard_renders_live_status_in_chromium(tmp_path):
     assert "A/B v1:75.0% / v2:25.0%" in dom
     # live numbers: QPS of both versions is positive (40 requests in the last 10 s)
     qps = [float(q) for q in re.findall(r'<td class="qps">([0-9.]+)</td>', dom)]
-    assert len(qps) == 2 and all(q > 0 for q in qps), qps
+    # models in name order (canaried, digits-lin, shadowed), versions in order: the split and the shadow primary got traffic
+    assert len(qps) == 6 and qps[2] > 0 and qps[3] > 0 and qps[4] > 0 and qps[5] == 0, qps
+    # shadow agreement and canary progress, as the server reports them
+    shadow = httpx_status["shadowed"]["shadow"]
+    assert f"requests compared: <b>{shadow['requests']}</b>" in dom
+    assert f'<b class="agreement">{100 * shadow["top1_agreement"]:.1f}%</b>' in dom
+    assert 'class="state-running">running</b> · step 1/4 (candidate share 5.0%)' in dom
+    assert "disagreement" in dom and "error_rate" in dom
     assert screenshot.returncode == 0 and (tmp_path / "dashboard.png").stat().st_size > 10_000

@@ -72,9 +72,10 @@ def _print_status(doc: dict[str, Any]) -> None:
             table.add_column(column, justify="left" if column in ("version", "state") else "right")
         for version, info in model["versions"].items():
             live = info["live"]
-            state = "serving" if info["routed"] else "warm" if info["warm"] else "loaded"
+            share = model["split"].get(version, 0.0)
+            state = ("serving" if share > 0 else "shadow") if info["routed"] else "warm" if info["warm"] else "loaded"
             table.add_row(
-                version, f"{model['split'].get(version, 0.0):.1%}", state, f"{live['qps']:.1f}",
+                version, f"{share:.1%}", state, f"{live['qps']:.1f}",
                 _ms(live["p50_ms"]), _ms(live["p99_ms"]), str(live["errors"]), str(info["in_flight"]),
             )
         console.print(table)

@@ -48,9 +48,10 @@ function versionsTable(model) {
       el("th", {}, "p99"), el("th", {}, "errors"), el("th", {}, "in flight"), el("th", {}, "queue"), el("th", {}, "state")));
   for (const [version, info] of Object.entries(model.versions)) {
     const live = info.live || {};
-    const state = info.routed ? "serving" : info.warm ? "warm" : "loaded";
+    const share = model.split[version] ?? 0;
+    const state = info.routed ? (share > 0 ? "serving" : "shadow") : info.warm ? "warm" : "loaded";
     table.append(el("tr", { version },
-      el("td", {}, version), el("td", {}, pct(model.split[version] ?? 0)), el("td", { class: "qps" }, num(live.qps)),
+      el("td", {}, version), el("td", {}, pct(share)), el("td", { class: "qps" }, num(live.qps)),
       el("td", {}, ms(live.p50_ms)), el("td", {}, ms(live.p99_ms)), el("td", {}, live.errors ?? 0),
       el("td", {}, info.in_flight), el("td", {}, info.queue), el("td", {}, state)));
   }
