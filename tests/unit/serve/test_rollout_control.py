@@ -108,3 +108,25 @@ def test_loading_by_reference_needs_a_registry(tmp_path):
         r = client.post("/management/models/lin/versions", json={"ref": "lin@v2"}, headers={"Authorization": "Bearer t"})
         assert r.status_code == 400 and "--registry" in r.json()["error"]
         assert client.get("/management/models/lin/history").status_code == 404
+
+
+def test_router_promote_keeps_the_old_version_as_rollback_target():
+    from modelpress.errors import ConfigError
+    from modelpress.serve.router import ABSplit, ShadowPolicy
+
+    router = Router()
+    router.add_model("m", ShadowPolicy("v1", "v2", share=0.5))
+    event = router.promote("m", by="ops", reason="agreement 99.9%")
+    assert (event.action, event.policy, event.previous["kind"]) == ("promote", {"kind": "single", "version": "v2"}, "shadow")
+    assert router.warm_versions("m") == {"v1", "v2"}
+    assert router.rollback("m").policy == {"kind": "single", "version": "v1"}
+
+    router.set_policy("m", ABSplit({"v1": 0.5, "v2": 0.5}))
+    with pytest.raises(ConfigError, match="needs `version`, one of v1, v2"):
+        router.promote("m")
+    router.promote("m", "v2")
+    assert router.rollback("m").policy["kind"] == "ab"  # a split's rollback target is the split itself
+    router.set_policy("m", ShadowPolicy("v1", "v2"))
+    with pytest.raises(ConfigError, match="is not the candidate"):
+        router.promote("m", "v1")
+    assert router.policy("m").kind == "shadow"
