@@ -54,14 +54,8 @@ DEFAULT_KEY_HEADER = "x-caller-id"
 _VERSION_FAILURES = frozenset({500, 504})
 
 
-@dataclass(frozen=True, slots=True)
-class _Routed:
-    """The decision of the request running in this context."""
-
-    decision: RouteDecision
-
-
-_CURRENT: contextvars.ContextVar[_Routed | None] = contextvars.ContextVar("modelpress_route", default=None)
+# The decision of the request running in this context (route() and record() run in one request's task).
+_CURRENT: contextvars.ContextVar[RouteDecision | None] = contextvars.ContextVar("modelpress_route", default=None)
 
 
 class LiveStats:
@@ -135,26 +129,26 @@ class PolicySeam:
     def route(self, headers: Mapping[str, str], entry: ModelEntry) -> str:
         """Return the version that answers; remember the whole decision for :meth:`record`."""
         decision = self.control.router.route(self.model, headers.get(self.control.key_header))
-        _CURRENT.set(_Routed(decision))
+        _CURRENT.set(decision)
         return decision.primary
 
     def observe(self, version: str, inputs: Mapping[str, np.ndarray], result: Result) -> None:
         """Mirror a successful request to the shadow version, if the decision has one."""
-        routed = _CURRENT.get()
-        if routed is None or routed.decision.primary != version or routed.decision.shadow is None:
+        decision = _CURRENT.get()
+        if decision is None or decision.primary != version or decision.shadow is None:
             return
-        self.control.mirror(routed.decision, inputs, result.outputs[0] if result.outputs else None)
+        self.control.mirror(decision, inputs, result.outputs[0] if result.outputs else None)
 
     def record(self, version: str, *, latency_s: float, code: int) -> None:
         """Report the outcome of a request answered by ``version`` (HTTP ``code``), as the app does for each."""
-        routed = _CURRENT.get()
+        decision = _CURRENT.get()
         _CURRENT.set(None)
         ok = code < 400
         self.control.live.add(self.model, version, latency_s if ok else None, ok=ok)
-        if routed is None or routed.decision.primary != version:
+        if decision is None or decision.primary != version:
             return  # an explicit /versions/{v} request: counted on the dashboard, not in the gate
         if ok or code in _VERSION_FAILURES:
-            self.control.router.record(routed.decision, latency_s=latency_s, error=not ok)
+            self.control.router.record(decision, latency_s=latency_s, error=not ok)
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,3 +260,38 @@ def test_dashboard_files_are_served(client):
     assert client.get("/dashboard/dashboard.css").headers["content-type"].startswith("text/css")
     assert client.get("/dashboard/../app.py").status_code == 404
     assert client.get("/dashboard", follow_redirects=False).status_code == 307
+
+
+class FailingSession(OrtSession):
+    """An ONNX Runtime session that raises once ``failing`` is set (after the runner's warm-up probe)."""
+
+    failing = False
+
+    def run(self, inputs):
+        if self.failing:
+            raise RuntimeError("candidate crashed")
+        return super().run(inputs)
+
+
+def test_canary_rolls_back_on_candidate_errors_and_clients_see_only_those(onnx_files):
+    good = OrtSession(onnx_files[0] / "a.onnx")
+    bad = FailingSession(onnx_files[0] / "a.onnx")
+    runners = [ModelRunner("lin", "v1", [good], good.input_meta()), ModelRunner("lin", "v2", [bad], bad.input_meta())]
+    bad.failing = True
+    app = create_app(runners, ServeConfig(access_log=False), rollout=False)
+    install_rollout(app, token=TOKEN)
+    gate = {**FAST_GATE, "disagreement": None}
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}]}
+    with TestClient(app) as c:
+        c.post("/management/models/lin/switch", json={"version": "v1"}, headers=AUTH).raise_for_status()
+        r = c.post("/management/models/lin/canary", json={"candidate": "v2", "steps": [0.5, 1.0], "gate": gate, "compare": False}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        codes = []
+        for i in range(100):
+            codes.append(c.post("/v2/models/lin/infer", json=body, headers={"X-Caller-Id": f"u{i}"}).status_code)
+            if c.get("/management/models/lin").json()["policy"]["kind"] == "single":
+                break
+        status = c.get("/management/models/lin").json()
+        assert status["policy"] == {"kind": "single", "version": "v1"}
+        assert set(codes) == {200, 500} and codes.count(500) <= 10  # the gate stopped it within a few failures
+        assert all(c.post("/v2/models/lin/infer", json=body, headers={"X-Caller-Id": f"u{i}"}).status_code == 200 for i in range(20))
