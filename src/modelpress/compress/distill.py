@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -26,12 +26,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from modelpress.errors import BackendError, ConfigError, MissingDependencyError
+from modelpress.errors import ConfigError
 from modelpress.train.augment import UserTransform
 from modelpress.train.finetune import (
     Batch, DataArg, FinetuneConfig, FinetuneReport, Objective, ProgressEvent, Regularizer, StepHook,
     _submodule, evaluate_model, finetune_, split_tensors,
 )
+
+if TYPE_CHECKING:
+    from modelpress.sources.models import ModelHandle
 
 __all__ = ["AttentionLoss", "DistillConfig", "DistillReport", "FeatureLoss", "OnnxTeacher", "distill_"]
 
@@ -129,35 +132,20 @@ class TorchTeacher:
 
 
 class OnnxTeacher:
-    """An ONNX model run by ONNX Runtime on CPU.
+    """An ONNX model run by a modelpress runtime backend (ONNX Runtime by default)."""
 
-    A tiny adapter until ``modelpress.runtime.load_session`` is the one way to
-    run artifacts; it keeps only ``__call__(x) -> logits``.
-    """
+    def __init__(self, handle: ModelHandle, name: str, *, backend: str = "onnxruntime", threads: int | None = None) -> None:
+        from modelpress.runtime import RuntimeOptions, load_session
 
-    def __init__(self, path: Path | str, name: str, *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise MissingDependencyError("onnxruntime", "an ONNX teacher") from err
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ConfigError(f"teacher {name}: ONNX file {self.path} does not exist")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise BackendError(f"teacher {name}: onnxruntime cannot load {self.path}: {err}") from err
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ConfigError(f"teacher {name}: an ONNX teacher must take one input; {self.path.name} takes {[i.name for i in inputs]}")
-        self.input_name = inputs[0].name
+        self.path = Path(handle.onnx_path) if handle.onnx_path else None
+        self.session = load_session(handle, backend, RuntimeOptions(threads=threads or torch.get_num_threads()))
+        if len(self.session.input_names) != 1:
+            raise ConfigError(f"teacher {name}: an ONNX teacher must take one input; {handle.spec} takes {list(self.session.input_names)}")
+        self.input_name = self.session.input_names[0]
         self.name = name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().float().numpy())})[0]
+        out = self.session.run({self.input_name: np.ascontiguousarray(x.detach().cpu().float().numpy())})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
 
 
@@ -169,12 +157,17 @@ def _as_teacher(obj: TeacherArg, i: int, device: torch.device) -> TorchTeacher |
     if isinstance(obj, nn.Module):
         return TorchTeacher(obj.to(device), name)
     if isinstance(obj, (str, Path)):
-        return OnnxTeacher(obj, name)
+        from modelpress.sources.models import load_model
+
+        path = Path(obj)
+        if not path.is_file():
+            raise ConfigError(f"teacher {name}: ONNX file {path} does not exist")
+        return OnnxTeacher(load_model(f"onnx:{path}"), name)
     module, onnx_path = getattr(obj, "module", None), getattr(obj, "onnx_path", None)  # a ModelHandle
     if isinstance(module, nn.Module):
         return TorchTeacher(module.to(device), f"{name} ({getattr(obj, 'spec', '?')})")
     if onnx_path is not None:
-        return OnnxTeacher(onnx_path, f"{name} ({getattr(obj, 'spec', '?')})")
+        return OnnxTeacher(obj, f"{name} ({getattr(obj, 'spec', '?')})")
     raise ConfigError(f"teacher {name}: expected an nn.Module, an ONNX path or a ModelHandle; got {type(obj).__name__}")
 
 
