@@ -263,3 +263,13 @@ def test_config_round_trips_and_rejects_unknown_keys():
         FinetuneConfig(batch_size=0)
     with pytest.raises(ValidationError, match="give lr or lr_scale"):
         ParamGroup(pattern="x", lr=1.0, lr_scale=2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_with_grad_scaler_on_cuda():
+    x, y = _toy()
+    model = _net()
+    report = finetune_(model, (x, y), _toy(100, 1), FinetuneConfig(amp="auto", device="cuda", grad_clip_norm=1.0, epochs=3,
+                                                                     batch_size=32, optimizer=AdamWConfig(lr=1e-2)))
+    assert report.amp == "fp16" and report.device.startswith("cuda") and report.best_metric > 0.8
