@@ -100,28 +100,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target box has 2 cores)")
     parser.add_argument("--out", default="bench-out/train.json")
+    parser.add_argument("--only", choices=("distill", "throughput"), help="run one of the two measurements")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    d = bench_distill(args.quick)
-    print(
-        f"distill mnist1d: student {d['student_params']} params ({d['student_params'] / d['teacher_params']:.2f} of teacher "
-        f"{d['teacher_params']}, teacher {d['teacher_accuracy'] * 100:.1f}%), {d['epochs']} epochs x {len(d['seeds'])} seeds: "
-        f"alone {d['alone_mean'] * 100:.2f} +/- {d['alone_std'] * 100:.2f}%  distilled (T={d['temperature']:g}, alpha={d['alpha']:g}) "
-        f"{d['distilled_mean'] * 100:.2f} +/- {d['distilled_std'] * 100:.2f}%  gain {d['gain_mean_points']:+.2f} +/- "
-        f"{d['gain_std_points']:.2f} points (goal >= +1.5)",
-        flush=True,
-    )
-    t = bench_throughput(args.quick)
-    print(
-        f"finetune throughput ({args.threads} threads, {t['model']}): fp32 {t['fp32_samples_per_s']:.0f} samples/s, "
-        f"bf16 autocast {t['bf16_samples_per_s']:.0f} samples/s, ratio x{t['bf16_speedup']:.2f} "
-        f"(CPU native bf16: {'yes' if t['cpu_native_bf16'] else 'no'})",
-        flush=True,
-    )
+    result: dict = {"quick": args.quick, "threads": args.threads}
+    if args.only != "throughput":
+        result["distill"] = d = bench_distill(args.quick)
+        print(
+            f"distill mnist1d: student {d['student_params']} params ({d['student_params'] / d['teacher_params']:.2f} of teacher "
+            f"{d['teacher_params']}, teacher {d['teacher_accuracy'] * 100:.1f}%), {d['epochs']} epochs x {len(d['seeds'])} seeds: "
+            f"alone {d['alone_mean'] * 100:.2f} +/- {d['alone_std'] * 100:.2f}%  distilled (T={d['temperature']:g}, alpha={d['alpha']:g}) "
+            f"{d['distilled_mean'] * 100:.2f} +/- {d['distilled_std'] * 100:.2f}%  gain {d['gain_mean_points']:+.2f} +/- "
+            f"{d['gain_std_points']:.2f} points (goal >= +1.5)",
+            flush=True,
+        )
+    if args.only != "distill":
+        result["throughput"] = t = bench_throughput(args.quick)
+        print(
+            f"finetune throughput ({args.threads} threads, {t['model']}): fp32 {t['fp32_samples_per_s']:.0f} samples/s, "
+            f"bf16 autocast {t['bf16_samples_per_s']:.0f} samples/s, ratio x{t['bf16_speedup']:.2f} "
+            f"(CPU native bf16: {'yes' if t['cpu_native_bf16'] else 'no'})",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"quick": args.quick, "threads": args.threads, "distill": d, "throughput": t}, indent=2))
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
