@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -111,14 +111,6 @@ class DistillReport:
 
 # ---- teachers ---------------------------------------------------------------------------------
 
-class Teacher(Protocol):
-    """Something that maps an input batch to logits."""
-
-    name: str
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
 class TorchTeacher:
     """A torch module run in eval mode without gradients."""
 
@@ -151,6 +143,7 @@ class OnnxTeacher:
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
 
 
+# a torch module, an ONNX file path, or a ModelHandle (torch module preferred, else its ONNX file)
 TeacherArg = nn.Module | Path | str | Any
 
 
