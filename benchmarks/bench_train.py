@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from modelpress.compress.distill import DistillConfig, distill_  # noqa: E402
 from modelpress.sources.data import load_data  # noqa: E402
 from modelpress.testing import Conv1dNet, TinyConvNet  # noqa: E402
-from modelpress.train.finetune import FinetuneConfig, cpu_has_native_bf16, evaluate_model, finetune_  # noqa: E402
+from modelpress.train.finetune import AdamWConfig, FinetuneConfig, cpu_has_native_bf16, evaluate_model, finetune_  # noqa: E402
 
 TEACHER_WIDTH = 64
 STUDENT_WIDTH = 28  # 7.9k parameters against the teacher's 31.9k: about a quarter
@@ -48,11 +48,13 @@ def bench_distill(quick: bool) -> dict:
     data = load_data("mnist1d")
     train = data.train
     x_test, y_test = torch.from_numpy(data.eval_split.x), torch.from_numpy(data.eval_split.y)
-    teacher_epochs, student_epochs = (3, 2) if quick else (40, 40)
+    # the teacher gets its own, stronger recipe (3x lr, 60 epochs: 97.4% vs 96.7% with the student's defaults);
+    # both students share FinetuneConfig's defaults so that only the loss differs
+    teacher_epochs, student_epochs = (3, 2) if quick else (60, 40)
     seeds = (0, 1, 2)
     t0 = time.perf_counter()
     teacher = _model(TEACHER_WIDTH, 1234)
-    finetune_(teacher, train, data.val, FinetuneConfig(epochs=teacher_epochs, seed=1234))
+    finetune_(teacher, train, data.val, FinetuneConfig(epochs=teacher_epochs, seed=1234, optimizer=AdamWConfig(lr=3e-3)))
     teacher_acc = evaluate_model(teacher, x_test, y_test)[1]
     defaults = DistillConfig()
     alone, distilled = [], []
