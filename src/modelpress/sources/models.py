@@ -89,8 +89,9 @@ class ModelHandle:
                 if "mask" in spec.name:
                     out[spec.name] = np.ones(shape, dtype=spec.dtype)
                 else:
-                    high = 1 if "type" in spec.name else 1000
-                    out[spec.name] = rng.integers(0, high + 1, size=shape).astype(spec.dtype)
+                    # ids below 100 exist in every vocabulary; token types are 0 or 1
+                    high = 2 if "type" in spec.name else 100
+                    out[spec.name] = rng.integers(0, high, size=shape).astype(spec.dtype)
             else:
                 out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         return out
