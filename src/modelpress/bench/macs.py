@@ -1,0 +1,39 @@
+"""Count multiply-accumulates of one forward pass with PyTorch's own flop counter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_macs(module: nn.Module, example_inputs: Any) -> int:
+    """Return the multiply-accumulates (flops / 2) of one forward pass of ``module``.
+
+    Args:
+        module: the model; its training flag is left as it was.
+        example_inputs: a tensor, a tuple/list of positional tensors, or a mapping of
+            keyword tensors (as a tokenizer returns them).
+
+    Returns:
+        MACs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv,
+        attention kernels); element-wise ops are not counted, as is the field's habit.
+    """
+    # grad stays enabled on purpose: under no_grad, eval-mode nn.TransformerEncoderLayer
+    # takes a fused fast path that the flop counter cannot see
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        if isinstance(example_inputs, Mapping):
+            module(**example_inputs)
+        elif isinstance(example_inputs, (tuple, list)):
+            module(*example_inputs)
+        else:
+            module(example_inputs)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_params(module: nn.Module) -> int:
+    """Return the number of parameter elements of ``module``."""
+    return sum(p.numel() for p in module.parameters())
