@@ -15,6 +15,7 @@ module ``attrs`` a checkpoint needs to rebuild the pruned shapes.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ Importance = Literal["l1", "l2", "bn_gamma", "taylor", "random"]
 # Multiples that keep each runtime's kernels on their fast path: 8 for x86 int8/fp32
 # GEMMs (VNNI works on groups of 4, AVX-512 fp32 on 16 bytes x 4), 16 for OpenVINO's
 # blocked layouts and tensor-core GPUs.
+_VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("modelpress_prune_validating", default=False)
 ROUND_TO_BY_BACKEND: dict[str, int] = {"torch": 8, "onnxruntime": 8, "openvino": 16, "tensorrt": 16, "cuda": 16}
 
 
@@ -45,10 +47,16 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def __init__(self, **data: Any) -> None:
+        if _VALIDATING.get():  # nested inside another config: let the outer one report the full path
+            super().__init__(**data)
+            return
+        token = _VALIDATING.set(True)
         try:
             super().__init__(**data)
         except ValidationError as err:
             raise ConfigError(describe_validation_error(err)) from err
+        finally:
+            _VALIDATING.reset(token)
 
 
 def describe_validation_error(err: ValidationError, stage: str = "prune") -> str:
@@ -90,6 +98,7 @@ class MacsTarget(_Config):
     kind: Literal["macs"] = "macs"
     max_macs: float | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
+    max_ratio: float = Field(default=0.8, gt=0, lt=1)  # the search never prunes past this
 
     @model_validator(mode="after")
     def _one(self) -> MacsTarget:
@@ -106,6 +115,8 @@ class LatencyTarget(_Config):
     backend: Literal["torch"] = "torch"  # modelpress.runtime backends join once it lands
     threads: int = Field(default=2, ge=1)
     reps: int = Field(default=20, ge=3)
+    statistic: Literal["median", "min"] = "median"  # "min" is steadier on a busy machine
+    max_ratio: float = Field(default=0.8, gt=0, lt=1)  # the search never prunes past this
 
 
 Target = Annotated[RatioTarget | MacsTarget | LatencyTarget, Field(discriminator="kind")]
@@ -340,20 +351,20 @@ def _structured(
 
     target = config.target
     report = PruneReport("structured", macs_before, macs_before, params_before, params_before)
-    max_ratio = 0.95
     if isinstance(target, RatioTarget):
         ratio = target.ratio
     elif isinstance(target, MacsTarget):
         budget = target.max_macs if target.max_macs is not None else target.fraction * macs_before
         ratio, report.search = _prune_search.bisect_ratio(
-            model, prune_copy, lambda m: count_macs(m, example_inputs), budget, max_ratio=max_ratio, progress=progress)
+            model, prune_copy, lambda m: count_macs(m, example_inputs), budget, max_ratio=target.max_ratio, progress=progress)
     else:
         def measure(m: nn.Module) -> float:
-            return _prune_search.torch_latency_ms(m, example_inputs, threads=target.threads, reps=target.reps)
+            return _prune_search.torch_latency_ms(m, example_inputs, threads=target.threads, reps=target.reps,
+                                                 statistic=target.statistic)
 
         report.latency_ms_before = measure(model)
         ratio, report.search = _prune_search.bisect_ratio(
-            model, prune_copy, measure, target.max_ms, max_ratio=max_ratio, progress=progress)
+            model, prune_copy, measure, target.max_ms, max_ratio=target.max_ratio, progress=progress)
     report.ratio = ratio
 
     shapes_before = _prune_structured.snapshot_shapes(model)
@@ -378,7 +389,8 @@ def _structured(
     report.attrs = _prune_structured.changed_attrs(attrs_before, _prune_structured.snapshot_attrs(model))
     report.macs_after, report.params_after = count_macs(model, example_inputs), count_params(model)
     if isinstance(target, LatencyTarget):
-        report.latency_ms_after = _prune_search.torch_latency_ms(model, example_inputs, threads=target.threads, reps=target.reps)
+        report.latency_ms_after = _prune_search.torch_latency_ms(model, example_inputs, threads=target.threads, reps=target.reps,
+                                                 statistic=target.statistic)
     return report
 
 

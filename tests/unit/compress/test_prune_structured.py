@@ -161,7 +161,7 @@ def test_mac_budget_is_met():
     report = prune_(model, PruneConfig(target={"kind": "macs", "fraction": 0.5}), example_inputs=x)
     assert report.macs_after <= 0.5 * before
     assert report.macs_after > 0.3 * before  # the search stops near the budget, not at max pruning
-    assert 0 < report.ratio < 0.95
+    assert 0 < report.ratio < 0.8
     assert len(report.search) >= 3
 
 
