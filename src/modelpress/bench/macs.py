@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def count_macs(module: nn.Module, example_inputs: Any) -> int:
@@ -22,6 +21,9 @@ def count_macs(module: nn.Module, example_inputs: Any) -> int:
         MACs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv,
         attention kernels); element-wise ops are not counted, as is the field's habit.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     # grad stays enabled on purpose: under no_grad, eval-mode nn.TransformerEncoderLayer
     # takes a fused fast path that the flop counter cannot see
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
