@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,10 @@ from torch import nn
 from modelpress.bench.macs import count_macs, count_params
 from modelpress.compress import _prune_search, _prune_sparse, _prune_structured
 from modelpress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelpress.sources.data import Dataset
+    from modelpress.sources.models import ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -478,3 +482,58 @@ def plot_channels(report: PruneReport, path: str | Path, *, title: str = "channe
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def prune_model(
+    handle: ModelHandle,
+    config: PruneConfig | UnstructuredPruneConfig | SemiStructuredConfig,
+    *,
+    data: Dataset | None = None,
+    finetune_epochs: int = 0,
+    batch_size: int = 32,
+    max_batches: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ModelHandle, PruneReport]:
+    """Prune a copy of a handle's torch module: the pipeline's and the CLI's prune stage.
+
+    Args:
+        handle: a model with a torch module (ONNX-only models cannot be pruned).
+        config: what to prune.
+        data: labelled data, used for Taylor gradients, per-step accuracy, and fine-tuning.
+        finetune_epochs: epochs of the plain fine-tuning loop after each step (0: none).
+        batch_size: batch size for gradients, fine-tuning and evaluation.
+        max_batches: cap on training batches per epoch (keeps a CLI run short).
+        progress: called with one line of text per step.
+
+    Returns:
+        The new handle (ONNX cleared; ``architecture["attrs"]`` updated so the checkpoint
+        rebuilds the pruned shapes) and the report.
+    """
+    import copy
+
+    from modelpress.sources.data import iter_batches, model_inputs
+
+    if handle.module is None:
+        raise ConfigError(f"{handle.spec} has no torch module to prune (an ONNX-only model); prune the torch source instead")
+    module = copy.deepcopy(handle.module).eval()
+    example = handle.torch_inputs(batch=1)
+
+    def batches(split: Any, limit: int) -> list[tuple[Any, torch.Tensor]]:
+        out = []
+        for x, y in itertools.islice(iter_batches(split, batch_size, shuffle=True), limit):
+            inputs = tuple(torch.from_numpy(a) for a in model_inputs(handle, x).values())
+            out.append((inputs, torch.from_numpy(y)))
+        return out
+
+    train = val = None
+    if data is not None and data.labelled:
+        train, val = batches(data.train, max_batches), batches(data.eval_split, max_batches)
+    elif isinstance(config, PruneConfig) and config.importance == "taylor":
+        raise ConfigError("`importance` 'taylor' needs labelled data: pass --data (e.g. digits, mnist1d)")
+    finetune = make_finetune(train, val, epochs=finetune_epochs) if train and finetune_epochs > 0 else None
+    evaluate = (lambda m: accuracy(m, val)) if val else None
+    report = prune_(module, config, example_inputs=example, data=train, finetune=finetune, evaluate=evaluate,
+                    progress=progress)
+    architecture = dict(handle.architecture)
+    architecture["attrs"] = {**architecture.get("attrs", {}), **report.attrs}
+    return handle.with_module(module, architecture=architecture), report
