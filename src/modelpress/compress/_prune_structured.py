@@ -40,7 +40,7 @@ class TransformerParts:
 
     ffn_up: list[nn.Module] = field(default_factory=list)      # FFN first Linear (its out width is the FFN width)
     attention: list[nn.Module] = field(default_factory=list)   # modules holding q/k/v Linears and a head count
-    has_torch_mha: bool = False                                 # nn.MultiheadAttention (packed in_proj)
+    has_torch_mha: bool = False                                 # attention with packed q/k/v (no head removal)
 
     @property
     def found(self) -> bool:
@@ -48,14 +48,21 @@ class TransformerParts:
 
 
 def find_transformer_parts(model: nn.Module) -> TransformerParts:
-    """Find FFN up-projections and multi-head attention modules by their well-known layouts."""
+    """Find FFN up-projections and multi-head attention modules by their well-known layouts.
+
+    Attention: nn.MultiheadAttention, BERT-style modules (query/key/value Linears and
+    ``num_attention_heads``), and packed-qkv modules (an int ``num_heads``/``n_heads`` next
+    to a Linear, as in Swin and MaxViT). FFNs: nn.TransformerEncoderLayer.linear1,
+    ``intermediate.dense`` (BERT), ``fc1``/``fc2`` (timm), and any Sequential holding exactly
+    two Linears that expand and project back (torchvision's MLPBlock).
+    """
     parts = TransformerParts()
-    for name, module in model.named_modules():
+    packed_attention = False
+    for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             parts.has_torch_mha = True
         if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
             parts.ffn_up.append(module.linear1)
-        # Hugging Face BERT-family layout: <layer>.intermediate.dense feeds <layer>.output.dense
         intermediate = getattr(module, "intermediate", None)
         if intermediate is not None and isinstance(getattr(intermediate, "dense", None), nn.Linear):
             parts.ffn_up.append(intermediate.dense)
@@ -63,7 +70,27 @@ def find_transformer_parts(model: nn.Module) -> TransformerParts:
             isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")
         ):
             parts.attention.append(module)
+        elif any(isinstance(getattr(module, n, None), int) for n in ("num_heads", "n_heads")) and any(
+            isinstance(c, nn.Linear) for c in module.children()
+        ):
+            packed_attention = True
+        fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
+        if isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and _expands_and_returns(fc1, fc2):
+            parts.ffn_up.append(fc1)
+        if isinstance(module, nn.Sequential):
+            linears = [c for c in module.children() if isinstance(c, nn.Linear)]
+            if len(linears) == 2 and _expands_and_returns(*linears):
+                parts.ffn_up.append(linears[0])
+    parts.has_torch_mha = parts.has_torch_mha or packed_attention
+    # FFN-shaped Sequentials are transformer FFNs only when the model has attention
+    if not (parts.has_torch_mha or parts.attention):
+        parts.ffn_up = []
+    parts.ffn_up = list(dict.fromkeys(parts.ffn_up))
     return parts
+
+
+def _expands_and_returns(up: nn.Linear, down: nn.Linear) -> bool:
+    return up.out_features == down.in_features and down.out_features == up.in_features and up.out_features > up.in_features
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -209,7 +236,7 @@ def build_pruner(model: nn.Module, example_inputs: Any, plan: PrunerPlan) -> Any
         if plan.head_ratio > 0 and not parts.attention:
             raise ConfigError(
                 "`head_ratio` of prune needs attention with separate query/key/value layers "
-                "(Hugging Face BERT-style); torch.nn.MultiheadAttention packs them and cannot drop heads; "
+                "(Hugging Face BERT-style); this model packs them (nn.MultiheadAttention or a qkv Linear) so heads cannot be dropped; "
                 "set head_ratio to 0"
             )
         ratio_dict: dict[nn.Module, float] = {}
