@@ -35,6 +35,10 @@ OUT = ROOT / "bench-out" / "prune.json"
 THREADS = 2
 QUICK_ZOO = ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1",
              "regnet_x_400mf", "mnasnet0_5", "googlenet", "convnext_tiny", "vit_b_32", "swin_t"]
+# run last: the heaviest architectures (minutes each on 2 cores), so a deadline cuts the fewest models
+HEAVY_LAST = ("swin", "maxvit", "vit_", "regnet_y_128gf", "regnet_y_32gf", "regnet_x_32gf", "regnet_y_16gf",
+              "regnet_x_16gf", "efficientnet_b7", "efficientnet_b6", "efficientnet_b5", "efficientnet_v2_l",
+              "efficientnet_v2_m", "convnext_large", "convnext_base", "resnext101", "wide_resnet101", "vgg")
 # input sizes tried in order: small first, the architecture's own size where it needs one
 SIZES = (64, 224, 299)
 
@@ -185,12 +189,13 @@ def zoo_one(name: str) -> dict[str, Any]:
     return out
 
 
-def bench_zoo(quick: bool, timeout_s: int = 900) -> dict[str, Any]:
+def bench_zoo(quick: bool, timeout_s: int = 600) -> dict[str, Any]:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
     if quick:
         names = [n for n in QUICK_ZOO if n in names]
+    names = sorted(names, key=lambda n: next((i for i, h in enumerate(HEAVY_LAST) if n.startswith(h)), -1))
     results = []
     partial = ROOT / "bench-out" / "prune_zoo_partial.jsonl"
     partial.parent.mkdir(exist_ok=True)
@@ -312,6 +317,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short smoke run (a zoo subset, fewer epochs)")
     parser.add_argument("--only", default="resnet18,minilm,mnist1d,zoo", help="comma-separated parts to run")
+    parser.add_argument("--out", type=Path, default=OUT, help="JSON file to update (default bench-out/prune.json)")
     parser.add_argument("--zoo-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -322,7 +328,8 @@ def main() -> int:
 
     torch.set_num_threads(THREADS)
     parts = {"resnet18": bench_resnet18, "minilm": bench_minilm, "mnist1d": bench_mnist1d, "zoo": bench_zoo}
-    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    out: Path = args.out
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     failed = False
     for name in args.only.split(","):
         try:
@@ -333,8 +340,8 @@ def main() -> int:
             print(f"{name}: ERROR {type(err).__name__}: {err}", flush=True)
             traceback.print_exc()
         results["quick"] = args.quick
-        OUT.parent.mkdir(exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2, default=str))
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
     return 1 if failed else 0
 
 
