@@ -319,6 +319,12 @@ def quantize(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def run_stage(model: Any, params: Mapping[str, Any], *, data: Any = None, out_dir: str | Path | None = None,
+              train_fn: TrainFn | None = None, progress: Progress | None = None) -> QuantizeResult:
+    """Run quantize as a recipe stage: ``params`` is the stage's mapping (``kind`` plus config fields)."""
+    return quantize(model, parse_config(params), data=data, out_dir=out_dir, train_fn=train_fn, progress=progress)
+
+
 def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, say: Progress,
          sensitivity: bool) -> QuantizeResult:
     from modelpress.compress import _precision
@@ -389,6 +395,10 @@ def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, 
     metric_name = "accuracy" if labels is not None and m.task == "classification" else (
         "agreement" if m.task == "classification" else "cosine")
     float_metric = chosen.metric + chosen.drop
+    if "torch_sim_metric" in details:
+        # What the torch simulation promised vs what the exported INT8 graph delivers.
+        details["exported_metric"] = chosen.metric
+        details["sim_gap"] = details["torch_sim_metric"] - chosen.metric
     result = QuantizeResult(
         kind=cfg.kind, onnx_path=variants[chosen.name], out_dir=None, backend=cfg.backend, chosen=chosen.name,
         metric=metric_name, float_metric=float_metric, quant_metric=chosen.metric, float_ms=float_ms,
