@@ -255,6 +255,6 @@ def check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], onnx_path: Path) -> N
         got = np.asarray(sample[gi.name]).shape
         bad = len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=False))
         if bad:
-            shown = tuple(w if w is not None else "?" for w in want)
+            shown = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
             raise DataError(f"calibration data for input {gi.name!r} has shape {tuple(got)} but the model "
                             f"expects {shown}; pass data shaped like the model's input")

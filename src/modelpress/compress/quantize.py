@@ -106,8 +106,15 @@ def parse_config(raw: Mapping[str, Any]) -> DynamicConfig | StaticConfig | QATCo
     try:
         return _ADAPTER.validate_python(dict(raw))
     except ValidationError as err:
-        problems = "; ".join(f"`{'.'.join(str(p) for p in e['loc'])}`: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"quantize config is invalid: {problems}") from err
+        kind = raw.get("kind")
+        problems = []
+        for e in err.errors():
+            loc = [str(p) for p in e["loc"]]
+            if loc and loc[0] == kind:  # pydantic prefixes the union's tag
+                loc = loc[1:]
+            got = "" if e["type"] == "missing" else f"; got {e.get('input')!r}"
+            problems.append(f"`{'.'.join(loc) or 'kind'}`: {e['msg']}{got}")
+        raise ConfigError(f"quantize config ({kind}) is invalid: {'; '.join(problems)}") from err
 
 
 @dataclass(frozen=True, slots=True)
