@@ -74,7 +74,7 @@ def quantize_command(
     dataset = _load_data(data) if data else None
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=as_json) as bar:
+                  transient=True, disable=as_json or not console.is_terminal) as bar:
         task = bar.add_task("quantize", total=1.0)
         result = quantize(model, cfg, data=dataset, out_dir=out, sensitivity=sensitivity,
                           progress=lambda stage, frac: bar.update(task, description=stage, completed=frac))

@@ -184,6 +184,7 @@ class _Model:
     input_names: tuple[str, ...]
     task: qe.Task
     handle: Any
+    fixed_batch: int | None = None
 
 
 def _resolve(model: Any, work: Path) -> _Model:
@@ -214,8 +215,12 @@ def _from_onnx(path: Path, spec: str, module: Any, task: str, handle: Any) -> _M
 
     g = onnx.load(str(path), load_external_data=False).graph
     inits = {t.name for t in g.initializer}
-    names = tuple(i.name for i in g.input if i.name not in inits)
-    return _Model(spec, path, module, names, task if task in ("classification", "embedding") else "other", handle)
+    graph_inputs = [i for i in g.input if i.name not in inits]
+    names = tuple(i.name for i in graph_inputs)
+    dims = graph_inputs[0].type.tensor_type.shape.dim if graph_inputs else []
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+    return _Model(spec, path, module, names, task if task in ("classification", "embedding") else "other", handle,
+                  fixed)
 
 
 def export_module(module: Any, handle: Any, path: Path) -> Path:
@@ -475,7 +480,8 @@ def _val(m: _Model, data: Any, cfg: Any) -> tuple[list[dict[str, np.ndarray]], n
     split = getattr(data, "val", None) if data is not None else None
     if split is None or _length(split.x) == 0:
         return [], None
-    feeds = make_feeds(m, split.x, batch=64, limit=cfg.val_samples)
+    # A graph exported with a fixed batch size gets batches of exactly that size.
+    feeds = make_feeds(m, split.x, batch=m.fixed_batch or 64, limit=cfg.val_samples)
     labels = None if split.y is None else np.asarray(split.y)[: cfg.val_samples]
     return feeds, labels
 
