@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from modelpress.compress import _encodings as enc
 from modelpress.compress import _qeval as qe
-from modelpress.errors import ConfigError, DataError, GateError, SlowerThanBaselineError
+from modelpress.errors import BackendError, ConfigError, DataError, GateError, SlowerThanBaselineError
 
 logger = logging.getLogger(__name__)
 
@@ -488,7 +488,12 @@ def _val(m: _Model, data: Any, cfg: Any) -> tuple[list[dict[str, np.ndarray]], n
 
 def _static_variants(ctx: _Ctx) -> tuple[dict[str, Path], dict[str, Any]]:
     cfg = ctx.cfg
-    encodings = list(enc.ENCODINGS) if cfg.encoding == "auto" else [cfg.encoding]
+    # OpenVINO reads QDQ graphs only (the operator form uses com.microsoft ops it cannot convert).
+    supported = [e for e in enc.ENCODINGS if cfg.backend == "onnxruntime" or e.startswith("qdq")]
+    if cfg.encoding != "auto" and cfg.encoding not in supported:
+        raise ConfigError(f"`encoding` {cfg.encoding!r} cannot run on backend {cfg.backend!r}; "
+                          f"choose one of {supported} or 'auto'")
+    encodings = supported if cfg.encoding == "auto" else [cfg.encoding]
     variants: dict[str, Path] = {}
     for i, e in enumerate(encodings):
         ctx.say(f"quantizing {e}", 0.1 + 0.5 * i / len(encodings))
@@ -502,9 +507,16 @@ def _measure(ctx: _Ctx, float_run: qe.RunFn, variants: Mapping[str, Path]) -> tu
     cfg, m = ctx.cfg, ctx.m
     feed = ctx.val_feeds[0] if ctx.val_feeds else _example_feed(m)
     one = {k: v[:1] for k, v in feed.items()}  # latency at batch 1
-    runs = {name: qe.load_runner(p, cfg.backend, threads=cfg.threads,
-                                 precision="bf16" if cfg.kind == "bf16" else "fp32",
-                                 device=getattr(cfg, "device", "cpu")) for name, p in variants.items()}
+    runs: dict[str, qe.RunFn] = {}
+    for name, p in variants.items():
+        try:
+            runs[name] = qe.load_runner(p, cfg.backend, threads=cfg.threads,
+                                        precision="bf16" if cfg.kind == "bf16" else "fp32",
+                                        device=getattr(cfg, "device", "cpu"))
+        except BackendError as err:  # a candidate the backend cannot run is dropped, not fatal
+            if len(variants) == 1:
+                raise
+            logger.warning("candidate %s dropped: %s", name, err)
     timings = qe.interleaved_ms({"float": lambda: float_run(one),
                                  **{n: (lambda r=r: r(one)) for n, r in runs.items()}})
     cands = []
