@@ -331,6 +331,20 @@ def quantize(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def quantize_(module: Any, config: QATConfig | None = None) -> Any:
+    """Prepare a torch module for QAT in place: fold BN, insert int8 fake-quant (STE); return it.
+
+    Train it with any loop, then pass it (in a handle) to :func:`quantize` with a
+    :class:`QATConfig`, or strip the wrappers with ``modelpress.compress._qat.strip_``.
+    """
+    from modelpress.compress import _qat
+
+    cfg = config or QATConfig()
+    reduce = enc.cpu_features().reduce_range if cfg.reduce_range == "auto" else bool(cfg.reduce_range)
+    return _qat.quantize_(module, per_channel=cfg.per_channel, reduce_range=reduce,
+                          activation_symmetric=cfg.activation_symmetric)
+
+
 def run_stage(model: Any, params: Mapping[str, Any], *, data: Any = None, out_dir: str | Path | None = None,
               train_fn: TrainFn | None = None, progress: Progress | None = None) -> QuantizeResult:
     """Run quantize as a recipe stage: ``params`` is the stage's mapping (``kind`` plus config fields)."""

@@ -148,3 +148,13 @@ def test_qat_needs_labels(digits, tmp_path):
     data = NS(train=NS(x=digits.train.x, y=None), val=digits.val, calib=digits.calib)
     with pytest.raises(DataError, match="labelled train split"):
         quantize(handle, QATConfig(allow_slower=True), data=data, out_dir=tmp_path / "q")
+
+
+def test_public_quantize_prepares_in_place():
+    from modelpress.compress.quantize import quantize_
+
+    net = small_cnn().eval()
+    same = quantize_(net, QATConfig(per_channel=False, reduce_range=True))
+    assert same is net
+    fq = [m for m in net.modules() if isinstance(m, FakeQuantLayer)]
+    assert len(fq) == 3 and fq[0].weight_fq.quant_max == 63  # reduce_range: 7-bit weights
