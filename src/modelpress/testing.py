@@ -42,6 +42,8 @@ class TinyTransformer(nn.Module):
 class Conv1dNet(nn.Module):
     """A small 1-D CNN for mnist1d (input (N, 1, 40)), about 94% test accuracy when trained."""
 
+    input_shape = (1, 40)
+
     def __init__(self, num_classes: int = 10, width: int = 32, length: int = 40) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -50,6 +52,23 @@ class Conv1dNet(nn.Module):
             nn.Conv1d(width, width, 3, padding=1, stride=2), nn.BatchNorm1d(width), nn.ReLU(),
         )
         self.classifier = nn.Linear(width * ((length + 3) // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class DigitsNet(nn.Module):
+    """A small 2-D CNN for scikit-learn's 8x8 digits (input (N, 1, 8, 8))."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        )
+        self.classifier = nn.Linear(2 * width * 16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
