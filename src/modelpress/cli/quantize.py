@@ -91,11 +91,7 @@ def quantize_command(
                f"{result.float_metric:.4f} -> {result.quant_metric:.4f}; wrote {result.out_dir}")
 
 
-def _load_data(spec: str):
-    from modelpress.errors import ConfigError
+def _load_data(spec: str):  # noqa: ANN202 - Dataset, imported lazily
+    from modelpress.sources.data import load_data
 
-    try:
-        from modelpress.sources.data import load_data
-    except ImportError as err:
-        raise ConfigError(f"--data {spec!r} needs modelpress.sources.data, which is not installed here") from err
     return load_data(spec)

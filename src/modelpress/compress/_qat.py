@@ -175,7 +175,7 @@ def run_qat(ctx: _Ctx, train_fn: Callable[..., nn.Module] | None, data: Any) -> 
     strip_(module)
     trained = export_module(module.eval(), m.handle, ctx.work / "qat-float.onnx")
     # The static path pre-processes and calibrates the trained graph in each encoding.
-    ctx.m = type(m)(m.spec, trained, module, m.input_names, m.task, m.handle, m.fixed_batch)
+    ctx.m = type(m)(m.handle.with_module(module).with_onnx(trained), trained, m.input_names, m.fixed_batch)
     variants, static_details = _static_variants(ctx)
     ctx.m = m
     details.update(static_details)

@@ -13,7 +13,6 @@ the artifact's manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from modelpress.compress import _encodings as enc
 from modelpress.compress import _qeval as qe
 from modelpress.errors import BackendError, ConfigError, DataError, GateError, SlowerThanBaselineError
+
+if TYPE_CHECKING:
+    from modelpress.sources.models import ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -178,69 +180,61 @@ def _cand_dict(c: Candidate) -> dict[str, Any]:
 
 @dataclass
 class _Model:
-    spec: str
+    """The float model a run starts from: its handle, its ONNX file and what the graph says."""
+
+    handle: ModelHandle
     onnx_path: Path
-    module: Any
     input_names: tuple[str, ...]
-    task: qe.Task
-    handle: Any
     fixed_batch: int | None = None
 
+    @property
+    def spec(self) -> str:
+        return self.handle.spec
 
-def _resolve(model: Any, work: Path) -> _Model:
-    """Accept a ModelHandle, an ONNX file, an artifact dir or a spec string."""
+    @property
+    def module(self) -> Any:
+        return self.handle.module
+
+    @property
+    def task(self) -> str:
+        return self.handle.task
+
+
+def _resolve(model: ModelHandle | str | Path, work: Path) -> _Model:
+    """Accept a ModelHandle or any model spec (an .onnx file, an artifact dir, torchvision:..., hf:...)."""
+    from modelpress.sources.models import ModelHandle, load_model
+
     if isinstance(model, (str, Path)):
-        p = Path(model)
-        if p.suffix == ".onnx" and p.is_file():
-            return _from_onnx(p, str(model), None, "classification", None)
-        try:
-            from modelpress.sources.models import load_model
-        except ImportError as err:
-            raise ConfigError(f"model spec {str(model)!r} needs modelpress.sources (not available); "
-                              "pass an .onnx file") from err
         model = load_model(str(model))
-    if not hasattr(model, "onnx_path"):
-        raise ConfigError(f"quantize takes a ModelHandle, an .onnx file or a spec string; got {type(model).__name__}")
-    task = getattr(model, "task", "classification")
+    if not isinstance(model, ModelHandle):
+        raise ConfigError(f"quantize takes a ModelHandle or a model spec string; got {type(model).__name__}")
+    if model.precision != "fp32":
+        raise ConfigError(f"model {model.spec!r} is already {model.precision}; quantize starts from a float model")
     onnx_path = model.onnx_path
     if onnx_path is None:
         if model.module is None:
             raise ConfigError(f"model {model.spec!r} has neither an ONNX file nor a torch module")
         onnx_path = export_module(model.module, model, work / "float.onnx")
-    return _from_onnx(Path(onnx_path), model.spec, model.module, task, model)
+        model = model.with_onnx(onnx_path)
+    return _from_onnx(Path(onnx_path), model)
 
 
-def _from_onnx(path: Path, spec: str, module: Any, task: str, handle: Any) -> _Model:
+def _from_onnx(path: Path, handle: ModelHandle) -> _Model:
     import onnx
 
     g = onnx.load(str(path), load_external_data=False).graph
     inits = {t.name for t in g.initializer}
     graph_inputs = [i for i in g.input if i.name not in inits]
-    names = tuple(i.name for i in graph_inputs)
     dims = graph_inputs[0].type.tensor_type.shape.dim if graph_inputs else []
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-    return _Model(spec, path, module, names, task if task in ("classification", "embedding") else "other", handle,
-                  fixed)
+    return _Model(handle, path, tuple(i.name for i in graph_inputs), fixed)
 
 
-def export_module(module: Any, handle: Any, path: Path) -> Path:
-    """Export a torch module to ONNX with a dynamic batch axis (foundation exporter when present)."""
-    try:
-        from modelpress.export.onnx import ExportConfig, export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        export_onnx(handle.with_module(module), path, ExportConfig(check=False))
-        return path
-    import torch
+def export_module(module: Any, handle: ModelHandle, path: Path) -> Path:
+    """Export a torch module to ONNX with the foundation's exporter (dynamic batch, checked)."""
+    from modelpress.export.onnx import ExportConfig, export_onnx
 
-    # Until modelpress.export lands: the TorchScript exporter, dynamic batch only.
-    ex = handle.example_inputs(batch=1)
-    names = list(ex)
-    args = tuple(torch.from_numpy(ex[n]) for n in names)
-    out_names = list(getattr(handle, "outputs", ("output",)))
-    torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=out_names,
-                      dynamic_axes={n: {0: "batch"} for n in names + out_names}, opset_version=17, dynamo=False)
+    export_onnx(handle.with_module(module), path, ExportConfig())
     return path
 
 
@@ -257,25 +251,17 @@ def _length(x: Any) -> int:
 
 
 def make_feeds(m: _Model, x: Any, *, batch: int, limit: int) -> list[dict[str, np.ndarray]]:
-    """Turn a split's features into model feeds: arrays, pre-tokenised dicts, or texts."""
+    """Turn a split's features into model feeds: arrays or texts (via ``model_inputs``), or pre-made dicts."""
+    from modelpress.sources.data import model_inputs
+
     n = min(_length(x), limit)
     feeds = []
     for i in range(0, n, batch):
         part = _slice(x, i, min(i + batch, n))
         if isinstance(part, Mapping):
             feeds.append({k: np.ascontiguousarray(v) for k, v in part.items() if k in m.input_names})
-        elif isinstance(part, list):
-            try:
-                from modelpress.sources.data import model_inputs
-            except ImportError as err:
-                raise DataError("text data needs modelpress.sources.data.model_inputs to tokenise; "
-                                "pass pre-tokenised arrays keyed by input name") from err
-            feeds.append(dict(model_inputs(m.handle, part)))
         else:
-            if len(m.input_names) != 1:
-                raise DataError(f"data is one array but the model has inputs {list(m.input_names)}; "
-                                "pass a dict of arrays keyed by input name")
-            feeds.append({m.input_names[0]: np.ascontiguousarray(np.asarray(part, dtype=np.float32))})
+            feeds.append(dict(model_inputs(m.handle, part if isinstance(part, list) else np.asarray(part))))
     return feeds
 
 
@@ -375,7 +361,7 @@ def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, 
     if val_feeds:
         enc.check_feeds(val_feeds, m.onnx_path)
     say("float baseline", 0.05)
-    float_run = qe.load_runner(m.onnx_path, cfg.backend, threads=cfg.threads)
+    float_run = qe.load_runner(m.handle, m.onnx_path, cfg.backend, threads=cfg.threads)
     ref = qe.run_all(float_run, val_feeds) if val_feeds else None
     reduce = cpu.reduce_range if getattr(cfg, "reduce_range", "auto") == "auto" else bool(cfg.reduce_range)
     ctx = _Ctx(m, cfg, work, calib_feeds, val_feeds, labels, ref, reduce, say)
@@ -484,10 +470,10 @@ class _Ctx:
                                             self.settings(keep, only), feeds=self.calib_feeds, cache=self.cache)
 
     def quality(self, path: Path) -> qe.Quality:
-        run = qe.load_runner(path, self.cfg.backend, threads=self.cfg.threads)
+        run = qe.load_runner(self.m.handle, path, self.cfg.backend, threads=self.cfg.threads)
         if self.ref is None:
             raise DataError("scoring a quantized model needs a validation split (--data)")
-        return qe.score(self.m.task, qe.run_all(run, self.val_feeds), self.ref, self.labels)
+        return qe.score(self.m.handle, qe.run_all(run, self.val_feeds), self.ref, self.labels, self.cfg.backend)
 
 
 def _val(m: _Model, data: Any, cfg: Any) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
@@ -518,25 +504,24 @@ def _static_variants(ctx: _Ctx) -> tuple[dict[str, Path], dict[str, Any]]:
 
 
 def _measure(ctx: _Ctx, float_run: qe.RunFn, variants: Mapping[str, Path]) -> tuple[list[Candidate], dict, float]:
+    """Time every variant beside the float model (batch 1, interleaved) and score it on the validation split."""
     cfg, m = ctx.cfg, ctx.m
-    feed = ctx.val_feeds[0] if ctx.val_feeds else _example_feed(m)
-    one = {k: v[:1] for k, v in feed.items()}  # latency at batch 1
+    precision = "bf16" if cfg.kind == "bf16" else "fp32"
+    device = getattr(cfg, "device", "cpu")
     runs: dict[str, qe.RunFn] = {}
     for name, p in variants.items():
         try:
-            runs[name] = qe.load_runner(p, cfg.backend, threads=cfg.threads,
-                                        precision="bf16" if cfg.kind == "bf16" else "fp32",
-                                        device=getattr(cfg, "device", "cpu"))
+            runs[name] = qe.load_runner(m.handle, p, cfg.backend, threads=cfg.threads, precision=precision,
+                                        device=device)
         except BackendError as err:  # a candidate the backend cannot run is dropped, not fatal
             if len(variants) == 1:
                 raise
             logger.warning("candidate %s dropped: %s", name, err)
-    timings = qe.interleaved_ms({"float": lambda: float_run(one),
-                                 **{n: (lambda r=r: r(one)) for n, r in runs.items()}})
+    timings = _latencies(ctx, float_run, {n: variants[n] for n in runs}, runs, precision, device)
     cands = []
     for name, run in runs.items():
         if ctx.ref is not None:
-            q = qe.score(m.task, qe.run_all(run, ctx.val_feeds), ctx.ref, ctx.labels)
+            q = qe.score(m.handle, qe.run_all(run, ctx.val_feeds), ctx.ref, ctx.labels, cfg.backend)
             metric, drop = q.value, q.drop
         else:
             metric, drop = float("nan"), 0.0
@@ -546,10 +531,17 @@ def _measure(ctx: _Ctx, float_run: qe.RunFn, variants: Mapping[str, Path]) -> tu
     return cands, timings, timings["float"]
 
 
-def _example_feed(m: _Model) -> dict[str, np.ndarray]:
-    if m.handle is not None and hasattr(m.handle, "example_inputs"):
-        return dict(m.handle.example_inputs(batch=1))
-    raise DataError("quantize needs --data to measure latency and quality of an .onnx file without a handle")
+def _latencies(ctx: _Ctx, float_run: qe.RunFn, graphs: Mapping[str, Path], runs: Mapping[str, qe.RunFn],
+               precision: str, device: str) -> dict[str, float]:
+    """Return batch-1 medians (ms) of the float graph and each candidate, measured side by side."""
+    cfg, m = ctx.cfg, ctx.m
+    if precision == "fp32" and device == "cpu":
+        return qe.latencies_ms(m.handle, {"float": m.onnx_path, **graphs}, cfg.backend, threads=cfg.threads)
+    # The bench harness loads sessions with default options; bf16/CUDA sessions are timed as loaded.
+    feed = ctx.val_feeds[0] if ctx.val_feeds else m.handle.example_inputs(batch=1)
+    one = {k: v[:1] for k, v in feed.items()}
+    return qe.alternating_ms({"float": lambda: float_run(one), **{n: (lambda r=r: r(one)) for n, r in runs.items()}},
+                             threads=cfg.threads)
 
 
 def _choose(cands: Sequence[Candidate]) -> Candidate | None:
@@ -558,26 +550,20 @@ def _choose(cands: Sequence[Candidate]) -> Candidate | None:
 
 
 def _write_artifact(result: QuantizeResult, cfg: Any, work: Path, out: Path) -> QuantizeResult:
-    """Write model.onnx + manifest.json into a temp dir beside ``out``, then swap it in."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        shutil.copyfile(result.onnx_path, stage / "model.onnx")
-        for extra in ("sensitivity.png",):
-            if (work / extra).exists():
-                shutil.copyfile(work / extra, stage / extra)
-        manifest = {"kind": "modelpress-artifact", "stage": "quantize", "parent": str(result.handle.spec)
-                    if result.handle is not None else None, "config": cfg.model_dump(mode="json"),
-                    "quantization": result.to_dict()}
-        import hashlib
+    """Write the chosen graph as an artifact (atomically: temp dir beside ``out``, then renamed)."""
+    from modelpress.artifact import write_artifact
 
-        manifest["files"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(stage.iterdir())}
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    precision = {"fp16": "fp16", "bf16": "fp32"}.get(cfg.kind, "int8")
+    handle = result.handle.with_onnx(result.onnx_path, precision=precision)
+    if cfg.kind == "qat":
+        handle.module = None  # the trained module is BN-folded; its checkpoint would not rebuild
+    extra = {name: work / name for name in ("sensitivity.png",) if (work / name).exists()}
+    manifest = {"stage": "quantize", "parent": result.handle.spec, "quantize_config": cfg.model_dump(mode="json"),
+                "quantization": result.to_dict(),
+                "metrics": {"before": {result.metric: result.float_metric, "latency_ms": result.float_ms},
+                            "after": {result.metric: result.quant_metric, "latency_ms": result.quant_ms}}}
+    write_artifact(out, handle=handle, manifest=manifest, extra_files=extra)
     result.out_dir = out
     result.onnx_path = out / "model.onnx"
+    result.handle = handle.with_onnx(result.onnx_path)
     return result

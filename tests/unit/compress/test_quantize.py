@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace as NS
 from typing import Any
@@ -14,29 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import _qeval
+from modelpress.sources.models import ModelHandle, TensorSpec
+
 from modelpress.compress import quantize as qmod
 from modelpress.compress._encodings import ENCODINGS
 from modelpress.compress.quantize import DynamicConfig, FP16Config, BF16Config, StaticConfig, quantize
 from modelpress.errors import BackendError, ConfigError, DataError, GateError, SlowerThanBaselineError
 
 
-@dataclass
-class Handle:
-    """The ModelHandle fields quantize reads (until modelpress.sources lands)."""
-
-    spec: str
-    module: Any
-    onnx_path: Path | None
-    shape: tuple[int, ...]
-    task: str = "classification"
-    outputs: tuple[str, ...] = ("logits",)
-
-    def example_inputs(self, batch: int = 1, seq_len: int = 16) -> dict[str, np.ndarray]:
-        return {"input": np.zeros((batch, *self.shape), np.float32)}
-
-    def with_module(self, module: Any) -> Handle:
-        return replace(self, module=module, onnx_path=None)
+def Handle(spec: str, module: Any, onnx_path: Path | None, shape: tuple[int, ...]) -> ModelHandle:  # noqa: N802
+    """A classifier handle over one float input of ``shape`` (batch axis added)."""
+    return ModelHandle(spec, (TensorSpec("input", ("batch", *shape), "float32"),), ("logits",), "classification",
+                       module=module, onnx_path=onnx_path)
 
 
 def export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
@@ -143,13 +131,12 @@ def test_dynamic_needs_no_data_and_uses_integer_matmul(mlp_handle, digits, tmp_p
 
 
 def _faster_float(monkeypatch):
-    real = _qeval.interleaved_ms
+    real = qmod._latencies
 
-    def rigged(fns, **kw):
-        out = real(fns, reps=3)
-        return {k: (0.001 if k == "float" else v) for k, v in out.items()}
+    def rigged(*args, **kwargs):
+        return {k: (0.001 if k == "float" else v) for k, v in real(*args, **kwargs).items()}
 
-    monkeypatch.setattr(qmod.qe, "interleaved_ms", rigged)
+    monkeypatch.setattr(qmod, "_latencies", rigged)
 
 
 def test_guard_refuses_a_slower_result_and_writes_nothing(mlp_handle, digits, tmp_path, monkeypatch):
@@ -176,6 +163,7 @@ def _outlier_mlp(tmp_path: Path) -> tuple[Handle, NS]:
     net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     with torch.no_grad():
         net[0].weight[:, 0] *= 1000.0
+        net[4].weight *= 20.0  # peaked softmax: agreement is judged on confident inputs
     path = export(net, (16,), tmp_path / "outlier.onnx")
     x = np.random.default_rng(0).standard_normal((600, 16)).astype(np.float32)
     x[:, 0] /= 1000.0
@@ -228,9 +216,9 @@ def test_empty_calibration_split_is_one_clear_error(mlp_handle, digits, tmp_path
 
 
 def test_misshapen_data_names_the_input(mlp_handle, tmp_path):
-    x = np.zeros((32, 8, 8), np.float32)
+    x = np.zeros((32, 5, 5), np.float32)
     data = NS(calib=NS(x=x, y=None), val=NS(x=x, y=None), train=None)
-    with pytest.raises(DataError, match=r"input 'input' has shape \(1, 8, 8\).*expects \(\?, 64\)"):
+    with pytest.raises(DataError, match=r"shape \(5, 5\).*input 'input'.*\(64,\)"):
         quantize(mlp_handle, StaticConfig(), data=data, out_dir=tmp_path / "q")
     assert not (tmp_path / "q").exists()
 

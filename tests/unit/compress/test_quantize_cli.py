@@ -69,9 +69,9 @@ def test_json_result_names_the_choice(monkeypatch, capsys, model_and_data, tmp_p
 def test_slower_result_exits_nonzero_with_one_line(monkeypatch, capsys, model_and_data, tmp_path):
     from modelpress.compress import quantize as qmod
 
-    real = qmod.qe.interleaved_ms
-    monkeypatch.setattr(qmod.qe, "interleaved_ms",
-                        lambda fns, **kw: {k: (1e-3 if k == "float" else v) for k, v in real(fns, reps=3).items()})
+    real = qmod._latencies
+    monkeypatch.setattr(qmod, "_latencies",
+                        lambda *a, **kw: {k: (1e-3 if k == "float" else v) for k, v in real(*a, **kw).items()})
     path, data = model_and_data
     code, _, err = run_cli(monkeypatch, capsys, data, str(path), "--data", "digits", "--out", str(tmp_path / "q"),
                            "--encoding", "qdq-u8")

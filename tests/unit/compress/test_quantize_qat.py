@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace as NS
 from typing import Any
@@ -13,27 +12,17 @@ import pytest
 import torch
 from torch import nn
 
+from modelpress.sources.models import ModelHandle, TensorSpec
+
 from modelpress.compress._qat import FakeQuantLayer, fold_bn_, quantize_, strip_
 from modelpress.compress.quantize import QATConfig, quantize
 from modelpress.errors import ConfigError, DataError
 
 
-@dataclass
-class Handle:
-    """The ModelHandle fields quantize reads (until modelpress.sources lands)."""
-
-    spec: str
-    module: Any
-    onnx_path: Path | None
-    shape: tuple[int, ...]
-    task: str = "classification"
-    outputs: tuple[str, ...] = ("logits",)
-
-    def example_inputs(self, batch: int = 1, seq_len: int = 16) -> dict[str, np.ndarray]:
-        return {"input": np.zeros((batch, *self.shape), np.float32)}
-
-    def with_module(self, module: Any) -> Handle:
-        return replace(self, module=module, onnx_path=None)
+def Handle(spec: str, module: Any, onnx_path: Path | None, shape: tuple[int, ...]) -> ModelHandle:  # noqa: N802
+    """A classifier handle over one float input of ``shape`` (batch axis added)."""
+    return ModelHandle(spec, (TensorSpec("input", ("batch", *shape), "float32"),), ("logits",), "classification",
+                       module=module, onnx_path=onnx_path)
 
 
 def small_cnn() -> nn.Module:
