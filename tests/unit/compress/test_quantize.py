@@ -64,6 +64,7 @@ def ops(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
+@pytest.mark.slow
 def test_static_chooses_by_measurement_and_records_every_candidate(mlp_handle, digits, tmp_path):
     res = quantize(mlp_handle, StaticConfig(allow_slower=True), data=digits, out_dir=tmp_path / "q")
     assert res.float_metric > 0.9  # the fixture really learned digits
@@ -82,6 +83,7 @@ def test_static_chooses_by_measurement_and_records_every_candidate(mlp_handle, d
     assert manifest["files"]["model.onnx"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_fixed_encoding_writes_that_form(mlp_handle, digits, tmp_path, encoding):
     res = quantize(mlp_handle, StaticConfig(encoding=encoding, allow_slower=True, mixed_precision=False),
@@ -100,6 +102,7 @@ def test_fixed_encoding_writes_that_form(mlp_handle, digits, tmp_path, encoding)
     assert res.accuracy_drop <= 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_each_calibration_method_stays_accurate(mlp_handle, digits, tmp_path, method):
     cfg = StaticConfig(calibration=method, samples=64, encoding="qdq-u8", allow_slower=True, mixed_precision=False,
@@ -171,6 +174,7 @@ def _outlier_mlp(tmp_path: Path) -> tuple[Handle, NS]:
     return Handle("test:outlier", net, path, (16,)), data
 
 
+@pytest.mark.slow
 def test_budget_failure_is_a_gate_error(tmp_path):
     handle, data = _outlier_mlp(tmp_path)
     cfg = StaticConfig(per_channel=False, encoding="qdq-u8", mixed_precision=False, allow_slower=True,
@@ -180,6 +184,7 @@ def test_budget_failure_is_a_gate_error(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_only_the_sensitive_layer_in_float(tmp_path):
     handle, data = _outlier_mlp(tmp_path)
     cfg = StaticConfig(per_channel=False, encoding="qdq-u8", allow_slower=True, max_accuracy_drop=0.005)
@@ -193,6 +198,7 @@ def test_mixed_precision_keeps_only_the_sensitive_layer_in_float(tmp_path):
     assert (tmp_path / "q" / "sensitivity.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_sensitivity_ranks_the_outlier_layer_first(tmp_path):
     handle, data = _outlier_mlp(tmp_path)
     cfg = StaticConfig(per_channel=False, encoding="qdq-u8", allow_slower=True, max_accuracy_drop=1.0)

@@ -55,6 +55,7 @@ def test_help_has_an_example(monkeypatch, capsys, model_and_data):
     assert "modelpress quantize" in out and "--max-accuracy-drop" in out and "--allow-slower" in out
 
 
+@pytest.mark.slow
 def test_json_result_names_the_choice(monkeypatch, capsys, model_and_data, tmp_path):
     path, data = model_and_data
     code, out, _ = run_cli(monkeypatch, capsys, data, str(path), "--data", "digits", "--out", str(tmp_path / "q"),
