@@ -137,7 +137,7 @@ class BatchPolicy:
     timeout_s: float | None = 30.0
     enabled: bool = True
     padding: Padding = "pad"
-    buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    buckets: tuple[int, ...] = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
     instances: int = 1
     dispatch_when_idle: bool = True
 

@@ -25,7 +25,7 @@ class BatchingConfig(_Strict):
     max_queue_size: int = Field(256, ge=1)
     timeout_s: float | None = Field(30.0, gt=0)
     padding: Literal["pad", "bucket", "none"] = "pad"
-    buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    buckets: tuple[int, ...] = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
     instances: int = Field(1, ge=1, le=64)
     dispatch_when_idle: bool = True
 
