@@ -231,7 +231,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
             sys.executable, "-m", "modelpress.cli.main", "serve", "--model-dir", str(model_dir), "--port", str(self.port),
-            "--threads", "1", "--no-access-log", "--token", SERVER_TOKEN,
+            "--threads", "1", "--no-access-log", "--admin-token", SERVER_TOKEN,
         ]
 
     def __enter__(self) -> ServerProcess:

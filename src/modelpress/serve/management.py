@@ -302,7 +302,8 @@ def install_rollout(
 
         registry = owned = open_registry(config.registry)
     control = RolloutControl(app.state.repository, app.state.metrics, config, registry=registry, options=options)
-    app.router.routes.extend(management_routes(control, token=token))
+    # an empty token (e.g. MODELPRESS_ADMIN_TOKEN="") must disable writes, not accept "Bearer "
+    app.router.routes.extend(management_routes(control, token=token or None))
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

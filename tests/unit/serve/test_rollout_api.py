@@ -87,10 +87,12 @@ def test_writes_need_the_token(client, path, body):
     assert client.delete("/management/models/lin/versions/v2").status_code == 401
 
 
-def test_without_a_token_writes_are_disabled_and_reads_open(onnx_files):
-    with make_client(onnx_files, token=None) as c:
+@pytest.mark.parametrize("token", [None, ""])
+def test_without_a_token_writes_are_disabled_and_reads_open(onnx_files, token):
+    with make_client(onnx_files, token=token) as c:
         refused = c.post("/management/models/lin/switch", json={"version": "v1"}, headers=AUTH)
         assert refused.status_code == 403
+        assert c.post("/management/models/lin/switch", json={"version": "v1"}, headers={"Authorization": "Bearer "}).status_code == 403
         assert "disabled" in refused.json()["error"]
         status = c.get("/management/status")
         assert status.status_code == 200
