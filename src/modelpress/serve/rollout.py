@@ -38,7 +38,8 @@ import numpy as np
 from modelpress.errors import ConfigError, NotFoundError
 from modelpress.serve.batcher import DynamicBatcher, Result
 from modelpress.serve.repository import LoadedVersion, ModelEntry, ModelRepository
-from modelpress.serve.router import Policy, PolicyEvent, RouteDecision, Router, policy_from_dict
+from modelpress.serve.policies import ABSplit, CanaryPolicy, Policy, RouteDecision, ShadowPolicy, SinglePolicy, policy_from_dict
+from modelpress.serve.router import PolicyEvent, Router
 
 if TYPE_CHECKING:
     from modelpress.registry import Registry
@@ -461,8 +462,6 @@ def _primary_of(policy: Mapping[str, Any]) -> str | None:
 
 def _split_of(policy: Policy) -> dict[str, float]:
     """Return the share of client traffic each version answers under ``policy`` now."""
-    from modelpress.serve.router import ABSplit, CanaryPolicy, ShadowPolicy, SinglePolicy
-
     if isinstance(policy, SinglePolicy):
         return {policy.version: 1.0}
     if isinstance(policy, ABSplit):
