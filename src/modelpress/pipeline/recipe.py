@@ -93,6 +93,7 @@ class Recipe(_Strict):
     metric: Literal["auto", "accuracy", "agreement", "cosine"] = "auto"
     preset: Literal["mobile", "edge", "server"] | None = None
     pretrain: dict[str, Any] | None = None
+    export: dict[str, Any] = Field(default_factory=dict)
     target: Target = Target()
     budget: Budget = Budget()
     gate: Gate = Gate()
@@ -106,7 +107,7 @@ class Recipe(_Strict):
 
     def base_hash(self) -> str:
         """Hash of everything that fixes the float baseline."""
-        return stable_hash({"model": self.model, "data": self.data, "seed": self.seed, "pretrain": self.pretrain, "task": self.task})
+        return stable_hash({"model": self.model, "data": self.data, "seed": self.seed, "pretrain": self.pretrain, "task": self.task, "export": self.export})
 
     def with_stages(self, stages: list[dict[str, Any]]) -> Recipe:
         return self.model_copy(update={"stages": stages})
@@ -235,6 +236,11 @@ def validate_recipe(raw: Any, *, source: str = "<recipe>") -> Recipe:
             problems += _errors(source, raw, err, ("pretrain",))
         except ConfigError as err:
             problems.append(_problem(source, raw, ("pretrain",), str(err)))
+    if raw.get("export"):
+        try:
+            get_stage("export").validate(dict(raw["export"]))
+        except ValidationError as err:
+            problems += _errors(source, raw, err, ("export",))
     if problems:
         raise ConfigError(f"recipe is invalid ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
     assert recipe is not None  # no problems means the model validated

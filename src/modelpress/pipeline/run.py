@@ -186,7 +186,7 @@ def _baseline(recipe: Recipe, data: Dataset, work: Path, resume: bool, say: Prog
         out = get_stage("finetune").run(handle, {"kind": "finetune", **recipe.pretrain}, ctx)
         handle, report = out.handle, {"pretrain": out.report}
     say("baseline: exporting the float model")
-    handle = ensure_onnx(handle, work / "scratch" / "baseline.onnx")
+    handle = ensure_onnx(handle, work / "scratch" / "baseline.onnx", recipe.export)
     save_state(directory, handle, report, key)
     return load_state(directory)
 
@@ -202,8 +202,16 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_stages(recipe: Recipe, stages: list[dict[str, Any]], base: ModelHandle, data: Dataset, work: Path, *, resume: bool, say: Progress) -> tuple[ModelHandle, list[StageRecord]]:
-    """Run ``stages`` on the baseline; reuse finished ones when ``resume``; export at the end."""
+def run_stages(
+    recipe: Recipe, stages: list[dict[str, Any]], base: ModelHandle, data: Dataset, work: Path, *,
+    resume: bool, say: Progress, made: set[str] | None = None,
+) -> tuple[ModelHandle, list[StageRecord]]:
+    """Run ``stages`` on the baseline; export at the end.
+
+    A finished stage is reused when ``resume`` is set or when this run made it
+    (``made``: hashes finished in earlier rounds, e.g. a prune a later round keeps).
+    """
+    made = made if made is not None else set()
     key = recipe.base_hash()
     handle = base
     records: list[StageRecord] = []
@@ -212,7 +220,7 @@ def run_stages(recipe: Recipe, stages: list[dict[str, Any]], base: ModelHandle, 
         kind = config["kind"]
         directory = work / "stages" / f"{i}-{kind}-{key[:12]}"
         started = time.perf_counter()
-        if resume and directory.is_dir():
+        if (resume or key in made) and directory.is_dir():
             say(f"stage {i + 1}/{len(stages)} {kind}: finished earlier, reusing it")
             handle, report = load_state(directory)
             records.append(StageRecord(i, kind, config, key, str(directory), True, 0.0, report))
@@ -221,20 +229,22 @@ def run_stages(recipe: Recipe, stages: list[dict[str, Any]], base: ModelHandle, 
         scratch = work / "scratch" / f"{i}-{kind}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        ctx = StageContext(data=data, target=recipe.target, budget=recipe.budget, seed=recipe.seed + i, work_dir=scratch, teacher=base, progress=say)
+        ctx = StageContext(data=data, target=recipe.target, budget=recipe.budget, seed=recipe.seed + i, work_dir=scratch, teacher=base, progress=say, export=recipe.export)
         _seed(recipe.seed + i)
         out = get_stage(kind).run(handle, config, ctx)
         save_state(directory, out.handle, out.report, key)
         handle, report = load_state(directory)
         shutil.rmtree(scratch, ignore_errors=True)
+        made.add(key)
         records.append(StageRecord(i, kind, config, key, str(directory), False, time.perf_counter() - started, report))
     final = work / "stages" / f"final-{key[:12]}"
     if handle.onnx_path is None:
-        if resume and final.is_dir():
+        if (resume or key in made) and final.is_dir():
             handle, _ = load_state(final)
         else:
-            handle = ensure_onnx(handle, work / "scratch" / "final.onnx")
+            handle = ensure_onnx(handle, work / "scratch" / "final.onnx", recipe.export)
             save_state(final, handle, {}, key)
+            made.add(key)
             handle, _ = load_state(final)
     return handle, records
 
@@ -284,11 +294,12 @@ def run_recipe(
     step: str | None = None
     best: int | None = None
     torch_latency = None
+    made: set[str] = set()
     for r in range(recipe.gate.max_rounds + 1):
         say(f"round {r + 1}: {', '.join(s['kind'] for s in stages)}" + (f" (backed off: {step})" if step else ""))
         rnd = Round(r, step, [])
         try:
-            cand, rnd.stages = run_stages(recipe, stages, base, data, work, resume=resume, say=say)
+            cand, rnd.stages = run_stages(recipe, stages, base, data, work, resume=resume, say=say, made=made)
             rnd.handle = cand
             say(f"round {r + 1}: gate: evaluating and timing on {recipe.target.backend}")
             rnd.candidate = quality(cand, split, recipe.target, reference, "candidate")

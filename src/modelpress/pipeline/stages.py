@@ -41,6 +41,7 @@ class StageContext:
     seed: int
     work_dir: Path
     teacher: ModelHandle | None = None  # the float baseline (distillation's teacher)
+    export: dict[str, Any] = field(default_factory=dict)  # ExportConfig fields for implicit exports
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 
 
@@ -278,7 +279,7 @@ class QuantizeStage:
 
     def run(self, handle: ModelHandle, config: dict[str, Any], ctx: StageContext) -> StageOutput:
         own, rest = _split(config, _QuantOwn)
-        handle = ensure_onnx(handle, ctx.work_dir / "float.onnx")
+        handle = ensure_onnx(handle, ctx.work_dir / "float.onnx", ctx.export)
         if own.mode != "fastest":
             new, result = self._one(handle, own.mode, rest, own, ctx, ctx.work_dir / own.mode)
             return StageOutput(new, {"mode": own.mode, "float_layers": own.float_layers, **jsonable(result.to_dict() if hasattr(result, "to_dict") else result)})
@@ -301,14 +302,14 @@ class QuantizeStage:
 # --------------------------------------------------------------------------- export
 
 
-def ensure_onnx(handle: ModelHandle, path: Path) -> ModelHandle:
+def ensure_onnx(handle: ModelHandle, path: Path, export: dict[str, Any] | None = None) -> ModelHandle:
     """Export ``handle`` to ``path`` unless it already has an ONNX file."""
     if handle.onnx_path is not None:
         return handle
-    from modelpress.export.onnx import export_onnx
+    from modelpress.export.onnx import ExportConfig, export_onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return handle.with_onnx(export_onnx(handle, path).path)
+    return handle.with_onnx(export_onnx(handle, path, ExportConfig.model_validate(export or {})).path)
 
 
 class ExportStage:
