@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +100,7 @@ class Recipe(_Strict):
     gate: Gate = Gate()
     search: Search = Search()
     seed: int = 0
+    plugins: list[str] = Field(default_factory=list, description="modules imported first (each may register stage kinds)")
     stages: list[dict[str, Any]] = Field(default_factory=list)
     source: str = "<recipe>"
 
@@ -199,6 +201,11 @@ def validate_recipe(raw: Any, *, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, LineDict):
         raw = load_yaml(json.dumps(raw), source=source)
     raw = copy.copy(raw)
+    for i, plugin in enumerate(raw.get("plugins") or []):
+        try:
+            importlib.import_module(plugin)
+        except ImportError as err:
+            raise ConfigError(_problem(source, raw, ("plugins", i), f"cannot import plugin module: {err}", plugin)) from err
     _apply_preset(raw, source)
     problems: list[str] = []
     try:

@@ -163,3 +163,18 @@ def render_report(manifest: dict[str, Any], search: dict[str, Any] | None = None
         f"data: {manifest.get('data')}\nseeds: {manifest.get('seeds')}\nlibraries: {env.get('libraries')}\nhardware: {env.get('hardware')}") + "</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def render_search(search: dict[str, Any], plot_html: str | None = None) -> str:
+    """Render a search.json as a page: the Pareto plot and the table of every configuration."""
+    b = search.get("baseline", {})
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress search: {html.escape(search.get('recipe', ''))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Search: {html.escape(search.get('recipe', ''))}</h1>",
+             f"<p>{len(search.get('points', []))} configurations on {html.escape(str(search.get('backend')))} ({html.escape(str(search.get('engine')))}, "
+             f"{search.get('wall_s', 0):.0f}s). Float baseline: metric {_fmt(b.get('metric'), 4)}, p50 {_fmt(b.get('latency_ms'))} ms, {_fmt(b.get('size_mb'), 4)} MB.</p>",
+             plot_html or pareto_plot(search.get("points", [])),
+             "<table><tr><th>config</th><th>metric</th><th>p50 ms</th><th>MB</th><th>front</th><th>error</th></tr>"]
+    parts += [f"<tr><td>{html.escape(p['name'])}</td><td>{_fmt(p.get('metric'), 4)}</td><td>{_fmt(p.get('latency_ms'))}</td><td>{_fmt(p.get('size_mb'), 4)}</td>"
+              f"<td>{'★' if p.get('pareto') else ''}</td><td>{html.escape(str(p.get('error') or ''))}</td></tr>" for p in search.get("points", [])]
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
