@@ -39,7 +39,8 @@ class BenchConfig(BaseModel):
         warmup_s: seconds of untimed runs per case before timing.
         min_reps: fewest timed runs per case.
         max_seconds: time budget for the timed rounds of all cases together;
-            cases that have not converged by then are reported as such.
+            cases that have not converged by then are reported as such (each
+            case still gets ``min_reps`` samples).
         target_rel_ci: stop once the 95% interval of every median is within
             this fraction of it (half-width / p50).
         chunk_s: seconds per case per round.
@@ -198,7 +199,8 @@ def _measure(lives: list[_Live], config: BenchConfig, progress: Callable[[float]
     rng = random.Random(0)
     deadline = time.perf_counter() + config.max_seconds
     pending = list(lives)
-    while pending and time.perf_counter() < deadline:
+    # The budget ends the run, but never before every case has its minimum of samples.
+    while pending and (time.perf_counter() < deadline or any(len(live.samples) < config.min_reps for live in pending)):
         rng.shuffle(pending)
         for live in pending:
             chunk_end = time.perf_counter() + config.chunk_s
