@@ -135,14 +135,29 @@ def _problem(source: str, raw: Any, loc: tuple[Any, ...], msg: str, value: Any =
     return f"{where}: `{_fmt_loc(loc)}`: {msg}{got}"
 
 
-def _errors(source: str, raw: Any, err: ValidationError, prefix: tuple[Any, ...] = (), fallback_line: int | None = None) -> list[str]:
+def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
+    """The field names allowed at ``loc`` (the parent of an unknown field) below ``model``."""
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return sorted(model.model_fields) if model is not None else None
+
+
+def _errors(source: str, raw: Any, err: ValidationError, prefix: tuple[Any, ...] = (), fallback_line: int | None = None,
+            model: type[BaseModel] | None = None, stage: Any = None) -> list[str]:
     out = []
     for e in err.errors():
         loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or "function-after" in p)))
         value = ... if e["type"] in ("missing", "extra_forbidden") else e.get("input")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            rel = tuple(loc[len(prefix):-1])
+            names = _fields_at(model, rel) if model is not None else None
+            if names is None and stage is not None and not rel and hasattr(stage, "fields"):
+                names = stage.fields()
+            msg = "unknown field" + (f"; allowed: {', '.join(names)}" if names else "")
         out.append(_problem(source, raw, loc, msg, value, fallback_line=fallback_line))
     return out
 
@@ -211,7 +226,7 @@ def validate_recipe(raw: Any, *, source: str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate({**raw, "source": source})
     except ValidationError as err:
-        problems += _errors(source, raw, err)
+        problems += _errors(source, raw, err, model=Recipe)
         recipe = None
     stages = raw.get("stages") or []
     if not isinstance(stages, list):
@@ -231,7 +246,7 @@ def validate_recipe(raw: Any, *, source: str = "<recipe>") -> Recipe:
         try:
             normalised.append(get_stage(stage["kind"]).validate(dict(stage)))
         except ValidationError as err:
-            problems += _errors(source, raw, err, loc, fallback)
+            problems += _errors(source, raw, err, loc, fallback, stage=get_stage(stage["kind"]))
         except StageUnavailableError as err:
             problems.append(_problem(source, raw, (*loc, "kind"), str(err)))
         except ConfigError as err:

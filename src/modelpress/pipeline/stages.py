@@ -127,6 +127,9 @@ class FinetuneStage:
     def _cls(self) -> type[BaseModel]:
         return _import_verb("modelpress.train.finetune", self.kind).FinetuneConfig
 
+    def fields(self) -> list[str]:
+        return sorted(self._cls().model_fields)
+
     def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
         rest = {k: v for k, v in fields.items() if k != "kind"}
         return {"kind": self.kind, **self._cls().model_validate(rest).model_dump(mode="json", exclude_unset=True)}
@@ -162,6 +165,10 @@ class PruneStage:
         cls = getattr(verb, self._classes[own.method])  # type: ignore[attr-defined]
         return own, cls.model_validate(rest)  # type: ignore[return-value]
 
+    def fields(self, method: str = "structured") -> list[str]:
+        verb = _import_verb("modelpress.compress.prune", self.kind)
+        return sorted((set(_PruneOwn.model_fields) | set(getattr(verb, self._classes[method]).model_fields)) - {"kind"})
+
     def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
         own, cfg = self._config(fields)
         body = cfg.model_dump(mode="json", exclude_unset=True)
@@ -194,6 +201,10 @@ class DistillStage:
             raise ConfigError("distill needs exactly one of `student` (a model spec) or `student_ratio` (shrink the teacher)")
         verb = _import_verb("modelpress.compress.distill", self.kind)
         return own, verb.DistillConfig.model_validate(rest)
+
+    def fields(self) -> list[str]:
+        verb = _import_verb("modelpress.compress.distill", self.kind)
+        return sorted(set(_DistillOwn.model_fields) | set(verb.DistillConfig.model_fields))
 
     def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
         own, cfg = self._config(fields)
@@ -260,6 +271,10 @@ class QuantizeStage:
                 _set_default(rest, cls, "device", ctx.target.device)
         return cls.model_validate(rest)
 
+    def fields(self, mode: str = "static") -> list[str]:
+        verb = _import_verb("modelpress.compress.quantize", self.kind)
+        return sorted((set(_QuantOwn.model_fields) | set(verb.StaticConfig.model_fields)) - {"kind"})
+
     def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
         own, rest = _split(fields, _QuantOwn)
         for mode in own.candidates if own.mode == "fastest" else [own.mode]:
@@ -316,6 +331,11 @@ class ExportStage:
     """``export``: the fields are modelpress.export.onnx.ExportConfig."""
 
     kind = "export"
+
+    def fields(self) -> list[str]:
+        from modelpress.export.onnx import ExportConfig
+
+        return sorted(ExportConfig.model_fields)
 
     def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
         from modelpress.export.onnx import ExportConfig

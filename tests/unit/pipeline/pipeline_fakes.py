@@ -58,7 +58,8 @@ def trained_digits_linear() -> nn.Module:
 
 
 class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the search adds fields the real verbs take (method, allow_slower, ...); the fakes ignore them
+    model_config = ConfigDict(extra="ignore")
 
 
 class PruneCfg(_Cfg):
