@@ -17,13 +17,4 @@ def fake_stages(monkeypatch):
     """Install the fake prune / quantize / slow stages; restore the real ones afterwards."""
     import pipeline_fakes
 
-    from modelpress.pipeline import stages
-
-    monkeypatch.setattr(stages, "_STAGES", dict(stages._STAGES))
-    for cls in (pipeline_fakes.FakePrune, pipeline_fakes.FakeQuantize, pipeline_fakes.SlowStage):
-        cls.calls = []
-    pipeline_fakes.install()
-    # spawned workers (process pool, Ray) find the fakes through PYTHONPATH
-    src = Path(__file__).resolve().parents[3] / "src"
-    monkeypatch.setenv("PYTHONPATH", f"{src}:{HERE}")
-    return pipeline_fakes
+    return pipeline_fakes.use_fakes(monkeypatch)

@@ -135,3 +135,21 @@ def install() -> None:
 
 
 MODEL = "python:pipeline_fakes:trained_digits_linear"
+
+
+def use_fakes(monkeypatch: Any) -> Any:
+    """Install the fakes for one test; the monkeypatch restores the real registry afterwards."""
+    from pathlib import Path
+
+    from modelpress.pipeline import stages
+
+    monkeypatch.setattr(stages, "_STAGES", dict(stages._STAGES))
+    for cls in (FakePrune, FakeQuantize, SlowStage):
+        cls.calls = []
+    install()
+    here = Path(__file__).resolve().parent
+    # spawned workers (process pool, Ray) find the fakes through PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", f"{here.parents[2] / 'src'}:{here}")
+    import sys
+
+    return sys.modules[__name__]
