@@ -267,6 +267,9 @@ class QuantizeStage:
             _set_default(rest, cls, "threads", ctx.target.threads)
             _set_default(rest, cls, "seed", ctx.seed)
             _set_default(rest, cls, "max_accuracy_drop", ctx.budget.max_accuracy_drop)
+            # the pipeline's gate owns the speed verdict (against the recipe's budget), so the
+            # verb's own never-slower guard is off unless the recipe turns it on
+            _set_default(rest, cls, "allow_slower", True)
             if mode == "fp16":
                 _set_default(rest, cls, "device", ctx.target.device)
         return cls.model_validate(rest)
