@@ -1,0 +1,260 @@
+"""INT8 encodings on ONNX Runtime: CPU features, pre-processing, calibration, candidates.
+
+Everything here wraps ``onnxruntime.quantization``; nothing re-implements a
+quantizer or a calibrator. The calibration ranges are computed once and cached
+to a file so that every candidate encoding of one run shares the same ranges
+(the encodings differ in how the graph is written, not in what it computes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from modelpress.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Encoding = Literal["qdq-u8", "qdq-s8", "qop-u8", "qop-s8"]
+ENCODINGS: tuple[Encoding, ...] = ("qdq-u8", "qdq-s8", "qop-u8", "qop-s8")
+CalibrationName = Literal["minmax", "percentile", "entropy"]
+
+
+@dataclass(frozen=True, slots=True)
+class CpuFeatures:
+    """The int8/bf16 instruction sets this CPU advertises (from /proc/cpuinfo)."""
+
+    vnni: bool
+    avx512: bool
+    avx512_bf16: bool
+    amx: bool
+    flags_source: str
+
+    @property
+    def reduce_range(self) -> bool:
+        """Say whether int8 weights should use 7 bits.
+
+        Without VNNI the u8*s8 kernels add pairs of products into int16 and can
+        saturate; 7-bit weights keep them exact (ONNX Runtime's own advice).
+        """
+        return not self.vnni
+
+
+def cpu_features(cpuinfo: str | None = None) -> CpuFeatures:
+    """Read the CPU's int8/bf16 instruction sets from ``/proc/cpuinfo``.
+
+    Args:
+        cpuinfo: text to parse instead of ``/proc/cpuinfo`` (tests).
+    """
+    source = "argument"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+            source = "/proc/cpuinfo"
+        except OSError:  # not Linux: assume the conservative answer
+            cpuinfo, source = "", "unavailable"
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if re.match(r"^\s*(flags|Features)\s*:", line):
+            flags.update(line.split(":", 1)[1].split())
+    amx = any(f.startswith("amx") for f in flags)
+    return CpuFeatures(
+        vnni=bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & flags) or amx,
+        avx512=any(f.startswith("avx512") for f in flags),
+        avx512_bf16="avx512_bf16" in flags,
+        amx=amx,
+        flags_source=source,
+    )
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """Run ONNX Runtime's quantization pre-processing (shape inference + graph optimisation).
+
+    Pre-processing fuses Conv+BN and folds constants before the quantizer sees
+    the graph; without it the quantizer leaves float islands that make INT8
+    no faster than FP32. Falls back to the plain graph when the optimiser
+    cannot handle it (logged).
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception as err:  # symbolic shape inference rejects some graphs; ORT's own fallback
+        logger.warning("pre-processing with symbolic shapes failed (%s); retrying without", err)
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception as err2:
+            logger.warning("pre-processing failed (%s); quantizing the graph as exported", err2)
+            return src
+    return dst
+
+
+class FeedReader:
+    """An ONNX Runtime ``CalibrationDataReader`` over a list of input dicts."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._feeds = list(feeds)
+        self._it: Iterator[Mapping[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        item = next(self._it, None)
+        return None if item is None else dict(item)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._feeds[start_index:end_index])
+
+
+def _calibration_method(name: CalibrationName):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+@dataclass(frozen=True, slots=True)
+class StaticSettings:
+    """What one static INT8 quantization run needs besides the graph and the data."""
+
+    calibration: CalibrationName = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    activation_symmetric: bool = False
+    reduce_range: bool = False
+    nodes_to_exclude: tuple[str, ...] = ()
+    nodes_to_quantize: tuple[str, ...] | None = None
+
+
+def quantize_static_encoding(
+    src: Path,
+    dst: Path,
+    encoding: Encoding,
+    settings: StaticSettings,
+    *,
+    feeds: Sequence[Mapping[str, np.ndarray]] | None,
+    cache: Path,
+) -> Path:
+    """Quantize ``src`` to ``dst`` in one encoding; calibrate once, reuse ``cache`` after.
+
+    Args:
+        encoding: "qdq-u8" (QuantizeLinear/DequantizeLinear pairs, uint8
+            activations), "qdq-s8", "qop-u8" (QLinearConv-style operators), "qop-s8".
+        feeds: calibration inputs; may be None when ``cache`` already exists.
+        cache: calibration-range cache file shared by every encoding of one run.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    fmt, act = encoding.split("-")
+    extra = {
+        "ActivationSymmetric": settings.activation_symmetric,
+        "WeightSymmetric": True,
+        # The calibrator's own symmetric option changes the ranges themselves.
+        "CalibTensorRangeSymmetric": settings.activation_symmetric,
+    }
+    if settings.calibration == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    reader = FeedReader(feeds) if feeds is not None and not cache.exists() else None
+    quantize_static(
+        str(src),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(settings.nodes_to_exclude) or None,
+        nodes_to_quantize=list(settings.nodes_to_quantize) if settings.nodes_to_quantize is not None else None,
+        calibrate_method=_calibration_method(settings.calibration),
+        extra_options=extra,
+        calibration_cache_path=str(cache),
+    )
+    return dst
+
+
+def quantize_dynamic_graph(
+    src: Path,
+    dst: Path,
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+    nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
+) -> Path:
+    """Quantize weights to int8 and activations on the fly (MatMul/Gemm/Attention-heavy models)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(nodes_to_exclude) or None,
+        op_types_to_quantize=list(op_types) if op_types else None,
+    )
+    return dst
+
+
+def quantizable_nodes(path: Path, op_types: Sequence[str] = ("Conv", "Gemm", "MatMul")) -> list[str]:
+    """List the names of the nodes that carry weights INT8 would quantize, in graph order."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type in op_types and any(i in inits for i in node.input[1:2]):
+            names.append(node.name)
+    return names
+
+
+def unsupported_ops(path: Path) -> list[tuple[str, str]]:
+    """Return (node, op) pairs ONNX Runtime's CPU provider cannot run (a custom domain)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+    return [(n.name or n.op_type, f"{n.domain}::{n.op_type}") for n in model.graph.node if n.domain not in known]
+
+
+def cpu_threads_default() -> int:
+    """Return the thread count runs default to: 2, or fewer on a smaller machine."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def check_feeds(feeds: Sequence[Mapping[str, np.ndarray]], onnx_path: Path) -> None:
+    """Raise one :class:`DataError` naming the input whose data does not fit the graph."""
+    import onnx
+
+    if not feeds:
+        raise DataError("quantize got no calibration samples; pass --data with a calibration split "
+                        "(e.g. --data digits) or use --mode dynamic, which needs none")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    sample = feeds[0]
+    for gi in graph_inputs:
+        if gi.name not in sample:
+            raise DataError(f"calibration data has no input {gi.name!r} that the model needs; "
+                            f"got inputs {sorted(sample)}")
+        dims = gi.type.tensor_type.shape.dim
+        want = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        got = np.asarray(sample[gi.name]).shape
+        bad = len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=False))
+        if bad:
+            shown = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
+            raise DataError(f"calibration data for input {gi.name!r} has shape {tuple(got)} but the model "
+                            f"expects {shown}; pass data shaped like the model's input")
