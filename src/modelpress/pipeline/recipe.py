@@ -10,6 +10,7 @@ import copy
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +153,13 @@ def _errors(source: str, raw: Any, err: ValidationError, prefix: tuple[Any, ...]
         loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or "function-after" in p)))
         value = ... if e["type"] in ("missing", "extra_forbidden") else e.get("input")
         msg = e["msg"]
+        if len(loc) == len(prefix) and (named := re.search(r"`(\w+)`", msg)):
+            # a whole-config check (model_validator) that names its field: point at that field's line
+            node = raw
+            for part in prefix:
+                node = node[part] if isinstance(node, (dict, list)) else None
+            if isinstance(node, dict) and named.group(1) in node:
+                loc, value = (*loc, named.group(1)), ...
         if e["type"] == "extra_forbidden":
             rel = tuple(loc[len(prefix):-1])
             names = _fields_at(model, rel) if model is not None else None
