@@ -31,9 +31,9 @@ gate: {{max_rounds: 2, bench_seconds: {bench_seconds}}}
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory; the artifact goes to OUT/artifact."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    epochs: int = typer.Option(25, "--epochs", help="Epochs to train the float CNN."),
-    finetune_epochs: int = typer.Option(8, "--finetune-epochs", help="Epochs of fine-tuning after pruning."),
-    bench_seconds: float = typer.Option(8.0, "--bench-seconds", help="Time budget of each side-by-side latency measurement."),
+    epochs: int = typer.Option(15, "--epochs", help="Epochs to train the float CNN."),
+    finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Epochs of fine-tuning after pruning."),
+    bench_seconds: float = typer.Option(5.0, "--bench-seconds", help="Time budget of each side-by-side latency measurement."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished stages of an interrupted demo."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
