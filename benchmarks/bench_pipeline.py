@@ -29,7 +29,7 @@ stages:
 target: {{backend: onnxruntime, threads: 2, batch: 1}}
 budget: {{max_accuracy_drop: 0.01}}
 gate: {{max_rounds: 2, bench_seconds: {bench}}}
-search: {{prune_ratios: [0, 0.25, 0.5, 0.75], quantize: [none, static], finetune_epochs: {ft}, workers: 2}}
+search: {{prune_ratios: [0, 0.25, 0.5, 0.75], quantize: [none, static], finetune_epochs: {search_ft}, workers: 2}}
 """
 
 
@@ -44,8 +44,8 @@ def main() -> int:
     from modelpress.pipeline.run import run_recipe
     from modelpress.pipeline.search import run_search
 
-    epochs, ft, bench = (8, 3, 3) if args.quick else (20, 6, 8)
-    recipe = recipe_from_text(RECIPE.format(epochs=epochs, ft=ft, bench=bench), source="bench recipe")
+    epochs, ft, search_ft, bench = (6, 2, 0, 3) if args.quick else (20, 6, 2, 8)
+    recipe = recipe_from_text(RECIPE.format(epochs=epochs, ft=ft, search_ft=search_ft, bench=bench), source="bench recipe")
     out: dict[str, object] = {"quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
