@@ -29,6 +29,16 @@ def before_after_table(result):  # noqa: ANN001, ANN201 - rich Table of a RunRes
     return table
 
 
+def register_result(result, name: str) -> str:  # noqa: ANN001 - a RunResult
+    """Register a passed run's artifact in the model registry; return ``NAME@vN``."""
+    from modelpress.registry.store import open_registry
+
+    rnd = result.rounds[result.best]
+    metrics = {"metric": rnd.candidate.metric, "value": rnd.candidate.value, "baseline": result.baseline.value, **rnd.verdict.to_json()}
+    version = open_registry().register(name, result.artifact, metadata={"metrics": metrics, "data_hash": result.data_hash}, recipe=result.recipe.to_json())
+    return f"{name}@v{version.number}"
+
+
 def compress(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="The recipe: model, data, target, budget, stages (or a preset)."),
     out: Path = typer.Option(None, "--out", "-o", help="Artifact directory (default: <work-dir>/artifact)."),
@@ -37,6 +47,7 @@ def compress(
     search: bool = typer.Option(False, "--search", help="Explore the recipe's `search` grid and report the Pareto front."),
     ray: str = typer.Option(None, "--ray", help="Run search trials as Ray Tune trials on this cluster (ADDRESS or auto)."),
     workers: int = typer.Option(None, "--workers", help="Local process-pool size for --search (default: the recipe's search.workers)."),
+    register_as: str = typer.Option(None, "--register", help="Register the artifact in the model registry under this name when it passes."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Compress a model as RECIPE.yaml says, verify the exported artifact on the target, write it.
@@ -67,10 +78,13 @@ def compress(
     from modelpress.pipeline.run import run_recipe
 
     result = run_recipe(recipe, work_dir=work_dir, out=out, resume=resume, progress=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    registered = register_result(result, register_as) if register_as and result.passed else None
     if json_out:
-        write_json(result.to_json(), "-")
+        write_json({**result.to_json(), "registered": registered}, "-")
     else:
         console.print(before_after_table(result))
+        if registered:
+            console.print(f"registered: {registered}")
         if result.artifact:
             console.print(f"artifact: {result.artifact}   report: {result.artifact / 'report.html'}")
         else:

@@ -35,6 +35,7 @@ def demo(
     finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Epochs of fine-tuning after pruning."),
     bench_seconds: float = typer.Option(5.0, "--bench-seconds", help="Time budget of each side-by-side latency measurement."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished stages of an interrupted demo."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Register the artifact as demo-mnist1d in the local registry."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a CNN on MNIST-1D, compress it with the mobile preset, verify, benchmark and report it.
@@ -47,7 +48,7 @@ def demo(
 
         modelpress demo --out runs/demo
     """
-    from modelpress.cli.compress import before_after_table
+    from modelpress.cli.compress import before_after_table, register_result
     from modelpress.pipeline.recipe import recipe_from_text
     from modelpress.pipeline.run import run_recipe
 
@@ -55,13 +56,16 @@ def demo(
         DEMO_RECIPE.format(seed=seed, epochs=epochs, finetune_epochs=finetune_epochs, bench_seconds=bench_seconds), source="demo recipe"
     )
     result = run_recipe(recipe, work_dir=out, out=out / "artifact", resume=resume, progress=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    registered = register_result(result, "demo-mnist1d") if register and result.passed else None
     if json_out:
-        write_json(result.to_json(), "-")
+        write_json({**result.to_json(), "registered": registered}, "-")
         return
     console.print(before_after_table(result))
     console.print(f"wall time {result.wall_s:.0f}s")
     if result.artifact:
         console.print(f"artifact: {result.artifact}\nreport:   {result.artifact / 'report.html'}")
+        if registered:
+            console.print(f"registered: {registered}")
     else:
         console.print(f"the gate failed every round; details in {out / 'result.json'}")
         raise typer.Exit(1)

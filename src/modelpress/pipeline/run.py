@@ -191,6 +191,24 @@ def _baseline(recipe: Recipe, data: Dataset, work: Path, resume: bool, say: Prog
     return load_state(directory)
 
 
+def _split_hash(split: Any) -> str:
+    """sha256 of one split's features and labels (the calibration data's identity)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for part in (split.x, split.y):
+        if part is None:
+            digest.update(b"none")
+        elif isinstance(part, list):
+            digest.update(json.dumps(part).encode())
+        else:
+            arr = np.ascontiguousarray(part)
+            digest.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
+    return digest.hexdigest()
+
+
 def _seed(seed: int) -> None:
     import random
 
@@ -280,9 +298,7 @@ def run_recipe(
     work.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(work)
     data = load_data(recipe.data, seed=recipe.seed)
-    from modelpress.sources.data import _hash_splits
-
-    calib_hash = _hash_splits({"calib": data.calib})
+    calib_hash = _split_hash(data.calib)
     base, _ = _baseline(recipe, data, work, resume, say)
     split = eval_split(data, recipe.gate)
     reference = reference_outputs(base, split, recipe.target)
