@@ -300,7 +300,8 @@ class QuantizeStage:
         handle = ensure_onnx(handle, ctx.work_dir / "float.onnx", ctx.export)
         if own.mode != "fastest":
             new, result = self._one(handle, own.mode, rest, own, ctx, ctx.work_dir / own.mode)
-            return StageOutput(new, {"mode": own.mode, "float_layers": own.float_layers, **jsonable(result.to_dict() if hasattr(result, "to_dict") else result)})
+            verb_report = jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
+            return StageOutput(new, {**verb_report, "encoding": verb_report.get("chosen"), "mode": own.mode, "float_layers": own.float_layers})
         tried: list[dict[str, Any]] = []
         best: tuple[float, ModelHandle, Any, str] | None = None
         for mode in own.candidates:
@@ -314,7 +315,9 @@ class QuantizeStage:
                 best = (result.quant_ms, new, result, mode)
         if best is None:
             raise GateError(f"quantize (fastest): no candidate worked: {tried}")
-        return StageOutput(best[1], {"mode": "fastest", "chosen": best[3], "candidates": tried, **jsonable(best[2].to_dict())})
+        verb_report = jsonable(best[2].to_dict())
+        # the verb's own "chosen" is the encoding (qdq-u8, fp16, ...); ours is the mode
+        return StageOutput(best[1], {**verb_report, "encoding": verb_report.get("chosen"), "mode": "fastest", "chosen": best[3], "candidates": tried})
 
 
 # --------------------------------------------------------------------------- export
