@@ -90,7 +90,9 @@ def compress(
         else:
             console.print(f"no artifact met the budget; rounds are in {result.work_dir / 'result.json'}")
     if not result.passed:
-        raise typer.Exit(1)
+        # SystemExit, not typer.Exit: the CLI runs click with standalone_mode=False, which
+        # turns typer.Exit into a return value the entry point drops
+        raise SystemExit(1)
 
 
 def register(app: typer.Typer) -> None:
