@@ -57,3 +57,13 @@ def test_verb_config_unknown_field_lists_the_verbs_fields():
         recipe_from_text(HEAD + "stages:\n  - kind: finetune\n    epoch: 3\n", source="r.yaml")
     msg = str(info.value)
     assert "r.yaml line 6: `stages[0].epoch`: unknown field; allowed:" in msg and "epochs" in msg and "batch_size" in msg
+
+
+@pytest.mark.parametrize("name", ["mnist1d-mobile", "digits-edge", "resnet18-server", "minilm-int8"])
+def test_example_recipes_validate(name):
+    from pathlib import Path
+
+    from modelpress.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[3] / "examples" / f"{name}.yaml")
+    assert recipe.name == name and recipe.stages
