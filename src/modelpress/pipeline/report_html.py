@@ -172,6 +172,7 @@ def render_search(search: dict[str, Any], plot_html: str | None = None) -> str:
              f"<h1>Search: {html.escape(search.get('recipe', ''))}</h1>",
              f"<p>{len(search.get('points', []))} configurations on {html.escape(str(search.get('backend')))} ({html.escape(str(search.get('engine')))}, "
              f"{search.get('wall_s', 0):.0f}s). Float baseline: metric {_fmt(b.get('metric'), 4)}, p50 {_fmt(b.get('latency_ms'))} ms, {_fmt(b.get('size_mb'), 4)} MB.</p>",
+             "<h2>Accuracy / latency / size: the Pareto front (★)</h2>",
              plot_html or pareto_plot(search.get("points", [])),
              "<table><tr><th>config</th><th>metric</th><th>p50 ms</th><th>MB</th><th>front</th><th>error</th></tr>"]
     parts += [f"<tr><td>{html.escape(p['name'])}</td><td>{_fmt(p.get('metric'), 4)}</td><td>{_fmt(p.get('latency_ms'))}</td><td>{_fmt(p.get('size_mb'), 4)}</td>"
