@@ -21,7 +21,7 @@ def before_after_table(result):  # noqa: ANN001, ANN201 - rich Table of a RunRes
     cand, verdict = (rnd.candidate, rnd.verdict) if rnd else (None, None)
     fmt = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     table.add_row(f"{base.metric} on {base.backend}", fmt(base.value * 100, 2) + "%", fmt(cand.value * 100, 2) + "%" if cand else "–",
-                  f"-{verdict.accuracy_drop * 100:.2f} pts" if verdict else "–")
+                  f"{-verdict.accuracy_drop * 100:+.2f} pts" if verdict else "–")
     table.add_row("p50 latency ms", fmt(base.p50_ms), fmt(cand.p50_ms) if cand else "–", f"{fmt(verdict.speedup, 2)}× faster" if verdict else "–")
     torch_p50 = result.torch_latency["p50_ms"] if result.torch_latency else None
     table.add_row("p50 ms, PyTorch FP32 eager", fmt(torch_p50), "", f"{fmt(verdict.speedup_vs_torch, 2)}× faster" if verdict else "–")

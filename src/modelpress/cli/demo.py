@@ -23,7 +23,7 @@ preset: mobile
 stages:
   - {{kind: finetune, epochs: {finetune_epochs}, batch_size: 128}}
 target: {{backend: onnxruntime, device: cpu, threads: 2, batch: 1}}
-budget: {{max_accuracy_drop: 0.01, min_size_ratio: 4}}
+budget: {{max_accuracy_drop: 0.01}}
 gate: {{max_rounds: 2, bench_seconds: {bench_seconds}}}
 """
 
