@@ -92,7 +92,7 @@ def compress(
     if not result.passed:
         # SystemExit, not typer.Exit: the CLI runs click with standalone_mode=False, which
         # turns typer.Exit into a return value the entry point drops
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -70,7 +70,7 @@ def demo(
         console.print(f"the gate failed every round; details in {out / 'result.json'}")
         # SystemExit, not typer.Exit: the CLI runs click with standalone_mode=False, which
         # turns typer.Exit into a return value the entry point drops
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
