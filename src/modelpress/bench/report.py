@@ -22,7 +22,7 @@ def bench_table(result: BenchResult, *, baseline: tuple[str, str] | None = None)
     from rich.table import Table
 
     table = Table(title=f"modelpress bench  (threads={result.config.threads}, {result.environment.get('hardware', {}).get('cpu', '')})")
-    for col in ("model", "backend", "batch", "p50 ms", "±95% ci", "p90 ms", "p99 ms", "samples/s", "speedup", "RSS MB", "size MB", "params", "MACs"):
+    for col in ("model", "backend", "batch", "p50 ms", "±95% ci", "p90 ms", "p99 ms", "samples/s", "speedup", "+RSS MB", "size MB", "params", "MACs"):
         table.add_column(col, justify="left" if col in ("model", "backend") else "right")
     base = {}
     if baseline is not None:
@@ -43,6 +43,7 @@ def bench_table(result: BenchResult, *, baseline: tuple[str, str] | None = None)
         )
     if any(not c.converged and c.latency is not None for c in result.cases):
         table.caption = "* the 95% interval of the median did not narrow to the target within the time budget"
+    table.caption = ((table.caption or "") + "\n+RSS: resident memory added by loading the session and running the batch").strip()
     return table
 
 
