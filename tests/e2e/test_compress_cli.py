@@ -54,7 +54,7 @@ def test_compress_eval_report_round_trip(tmp_path):
     recipe.write_text(RECIPE.format(drop=0.05))
     res = _cli("compress", str(recipe), "--work-dir", str(tmp_path / "run"), "--out", str(tmp_path / "art"))
     assert res.returncode == 0, res.stderr
-    assert "passed in round 0" in res.stdout and "report:" in res.stdout and "× smaller" in res.stdout
+    assert "passed in round 1" in res.stdout and "report:" in res.stdout and "× smaller" in res.stdout
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     after = manifest["metrics"]["after"]["value"]
 

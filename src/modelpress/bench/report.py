@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from modelpress.bench.measure import BenchResult
 
 
+def speed_words(speedup: float | None, *, suffix: str = "") -> str:
+    """Say ``1.50x faster`` or ``1.25x slower``; a ratio below 1 never reads as faster."""
+    if speedup is None or speedup <= 0:
+        return "–"
+    words = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+    return f"{words}{suffix}"
+
+
 def _fmt_int(value: int | None, unit: float, suffix: str) -> str:
     return "-" if value is None else f"{value / unit:.2f}{suffix}"
 

@@ -13,6 +13,8 @@ def before_after_table(result):  # noqa: ANN001, ANN201 - rich Table of a RunRes
     """The before/after table every pipeline command prints."""
     from rich.table import Table
 
+    from modelpress.bench.report import speed_words
+
     table = Table(title=f"{result.recipe.name}: {result.verdict}")
     for col in ("", "float", "artifact", "change"):
         table.add_column(col, justify="left" if not col else "right")
@@ -22,9 +24,9 @@ def before_after_table(result):  # noqa: ANN001, ANN201 - rich Table of a RunRes
     fmt = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     table.add_row(f"{base.metric} on {base.backend}", fmt(base.value * 100, 2) + "%", fmt(cand.value * 100, 2) + "%" if cand else "–",
                   f"{-verdict.accuracy_drop * 100:+.2f} pts" if verdict else "–")
-    table.add_row("p50 latency ms", fmt(base.p50_ms), fmt(cand.p50_ms) if cand else "–", f"{fmt(verdict.speedup, 2)}× faster" if verdict else "–")
+    table.add_row("p50 latency ms", fmt(base.p50_ms), fmt(cand.p50_ms) if cand else "–", speed_words(verdict.speedup) if verdict else "–")
     torch_p50 = result.torch_latency["p50_ms"] if result.torch_latency else None
-    table.add_row("p50 ms, PyTorch FP32 eager", fmt(torch_p50), "", f"{fmt(verdict.speedup_vs_torch, 2)}× faster" if verdict else "–")
+    table.add_row("p50 ms, PyTorch FP32 eager", fmt(torch_p50), "", speed_words(verdict.speedup_vs_torch) if verdict else "–")
     table.add_row("model.onnx MB", fmt(base.size_mb, 4), fmt(cand.size_mb, 4) if cand else "–", f"{fmt(verdict.size_ratio, 2)}× smaller" if verdict else "–")
     return table
 

@@ -7,6 +7,8 @@ import html
 import io
 from typing import Any
 
+from modelpress.bench.report import speed_words
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:60rem;color:#222;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
@@ -131,8 +133,8 @@ def render_report(manifest: dict[str, Any], search: dict[str, Any] | None = None
     torch_lat = metrics.get("torch_fp32_latency") or {}
     rows = [
         ("metric (" + _fmt(before.get("metric")) + ")", _fmt(before.get("value"), 4), _fmt(after.get("value"), 4), f"drop {_fmt((verdict.get('accuracy_drop') or 0) * 100, 2)} pts"),
-        ("p50 latency ms on " + _fmt(before.get("backend")), _fmt(b_lat.get("p50_ms")), _fmt(a_lat.get("p50_ms")), f"{_fmt(verdict.get('speedup'), 2)}× faster"),
-        ("p50 latency ms, PyTorch FP32 eager", _fmt(torch_lat.get("p50_ms")), "", f"{_fmt(verdict.get('speedup_vs_torch'), 2)}× faster than eager"),
+        ("p50 latency ms on " + _fmt(before.get("backend")), _fmt(b_lat.get("p50_ms")), _fmt(a_lat.get("p50_ms")), speed_words(verdict.get("speedup"))),
+        ("p50 latency ms, PyTorch FP32 eager", _fmt(torch_lat.get("p50_ms")), "", speed_words(verdict.get("speedup_vs_torch"), suffix=" than eager")),
         ("model.onnx MB", _fmt(before.get("size_mb"), 4), _fmt(after.get("size_mb"), 4), f"{_fmt(verdict.get('size_ratio'), 2)}× smaller"),
     ]
     parts.append("<h2>Before / after</h2><table><tr><th></th><th>float</th><th>artifact</th><th>change</th></tr>")

@@ -92,7 +92,7 @@ class RunResult:
     @property
     def verdict(self) -> str:
         if self.passed:
-            return f"passed in round {self.best} of {len(self.rounds)}"
+            return f"passed in round {self.best + 1} of {len(self.rounds)}"
         return f"failed: no round met the budget after {len(self.rounds)} round(s)"
 
     def to_json(self) -> dict[str, Any]:

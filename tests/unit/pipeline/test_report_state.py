@@ -35,7 +35,7 @@ def test_report_is_self_contained_with_table_and_plots():
     html = render_report(MANIFEST, {"points": [{"name": "p0.5+static", "metric": 0.946, "latency_ms": 0.05, "size_mb": 0.02, "pareto": True},
                                                {"name": "float", "metric": 0.951, "latency_ms": 0.2, "size_mb": 0.2, "pareto": True}]})
     assert "PASSED" in html and "95.12" not in html  # values are shown as fractions with 4 digits
-    assert "0.9512" in html and "0.9461" in html and "12.00× faster than eager" in html and "10.00× smaller" in html
+    assert "0.9512" in html and "0.9461" in html and "12.00x faster than eager" in html and "10.00× smaller" in html
     # latency, pruning, sensitivity, Pareto: four inline PNGs
     assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', html)) == 4
     assert "http://" not in html and "https://" not in html and "<script" not in html and "<link" not in html
