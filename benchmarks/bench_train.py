@@ -36,7 +36,7 @@ from modelpress.train.finetune import AdamWConfig, FinetuneConfig, cpu_has_nativ
 
 TEACHER_WIDTH = 64
 STUDENT_WIDTH = 28  # 7.9k parameters against the teacher's 31.9k: about a quarter
-TEACHER_EPOCHS, STUDENT_EPOCHS = 60, 40
+TEACHER_EPOCHS, STUDENT_EPOCHS = 60, 80  # 40 student epochs: gain +0.30 +/- 0.44; both improve with patience
 # a shift-invariant teacher labels shifted inputs well: 98.7% test with shift 3 against 97.4% without
 TEACHER_AUGMENT: AugmentConfig | None = AugmentConfig(shift=3)
 
