@@ -4,12 +4,13 @@ Claims measured here, side by side in one run:
 
 1. On mnist1d, a Conv1dNet student with about a quarter of the teacher's
    parameters, distilled with DistillConfig's default temperature and alpha,
-   against the same student trained alone for the same epochs (mean and spread
-   over 3 seeds; test accuracy after the last epoch, no test-set selection).
+   against the same student trained alone for the same epochs with the same
+   augmentation (mean and spread over 3 seeds; test accuracy after the last
+   epoch, no test-set selection; defaults were chosen on the validation split).
 2. Fine-tuning throughput (samples/s) on CPU with and without bf16 autocast,
    interleaved round by round so that machine noise hits both alike.
 
-Usage: python benchmarks/bench_train.py [--quick] [--threads 2] [--out bench-out/train.json]
+Usage: python benchmarks/bench_train.py [--quick] [--threads 2] [--workers 2] [--only distill|throughput] [--out bench-out/train.json]
 """
 
 from __future__ import annotations
