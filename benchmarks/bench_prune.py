@@ -64,6 +64,9 @@ def ort_session(path: Path) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
+    # no busy-waiting after a run: spinning ORT threads would steal the 2 cores from torch
+    # while the two are timed round-robin
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ["demo", "export", "bench"]
+COMMANDS = ["demo", "compress", "finetune", "prune", "distill", "quantize", "export", "eval", "bench", "advise", "registry", "serve", "loadtest", "report"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,3 +56,17 @@ def test_export_then_bench_the_artifact(tmp_path):
     cases = json.loads((tmp_path / "b.json").read_text())["cases"]
     assert {(c["backend"], c["batch"]) for c in cases} == {("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2)}
     assert "p50 ms" in result.stdout
+
+
+def test_typer_exit_code_reaches_the_shell():
+    code = (
+        "import sys, typer\n"
+        "from modelpress.cli import main as m\n"
+        "@m.app.command('fail-for-test')\n"
+        "def _f() -> None:\n"
+        "    raise typer.Exit(3)\n"
+        "sys.argv = ['modelpress', 'fail-for-test']\n"
+        "m.main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3

@@ -112,7 +112,7 @@ class BenchCase:
     threads: int | None
     latency: LatencyStats | None = None
     throughput: float | None = None  # samples per second
-    rss_mb: float | None = None
+    rss_mb: float | None = None  # resident memory added by loading this session and running this batch
     size_mb: float | None = None
     params: int | None = None
     macs: int | None = None  # per sample
@@ -178,8 +178,6 @@ class _Live:
     case: BenchCase
     run: Callable[[], object]
     samples: list[float] = field(default_factory=list)
-    rss_base: float = 0.0
-    rss_peak: float = 0.0
 
 
 def time_callable(fn: Callable[[], object], *, config: BenchConfig | None = None) -> LatencyStats:
@@ -211,8 +209,6 @@ def _measure(lives: list[_Live], config: BenchConfig, progress: Callable[[float]
                 live.samples.append((t1 - t0) * 1e3)
                 if t1 >= chunk_end:
                     break
-            if live.rss_base:
-                live.rss_peak = max(live.rss_peak, _rss_mb())
         for live in list(pending):
             if len(live.samples) >= config.min_reps and latency_stats(live.samples).rel_half_width <= config.target_rel_ci:
                 live.case.converged = True
@@ -222,8 +218,6 @@ def _measure(lives: list[_Live], config: BenchConfig, progress: Callable[[float]
     for live in lives:
         live.case.latency = latency_stats(live.samples)
         live.case.throughput = live.case.batch / (live.case.latency.mean_ms / 1e3)
-        if live.rss_base:
-            live.case.rss_mb = max(live.rss_peak - live.rss_base, 0.0)
 
 
 def bench(
@@ -271,7 +265,13 @@ def bench(
                 if session is None:
                     continue
                 inputs = handle.example_inputs(batch=batch, seq_len=config.seq_len)
-                lives.append(_Live(case, _bind(session, inputs), rss_base=rss_before, rss_peak=_rss_mb()))
+                run = _bind(session, inputs)
+                # Memory is read here, one case at a time: once cases interleave,
+                # the process's RSS mixes them all.
+                run()
+                run()
+                case.rss_mb = max(_rss_mb() - rss_before, 0.0)
+                lives.append(_Live(case, run))
     _measure(lives, config, progress)
     return BenchResult(cases, config, environment_info(), time.perf_counter() - started)
 

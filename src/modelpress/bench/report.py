@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from modelpress.bench.measure import BenchResult
 
 
+def speed_words(speedup: float | None, *, suffix: str = "") -> str:
+    """Say ``1.50x faster`` or ``1.25x slower``; a ratio below 1 never reads as faster."""
+    if speedup is None or speedup <= 0:
+        return "–"
+    words = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+    return f"{words}{suffix}"
+
+
 def _fmt_int(value: int | None, unit: float, suffix: str) -> str:
     return "-" if value is None else f"{value / unit:.2f}{suffix}"
 
@@ -22,7 +30,7 @@ def bench_table(result: BenchResult, *, baseline: tuple[str, str] | None = None)
     from rich.table import Table
 
     table = Table(title=f"modelpress bench  (threads={result.config.threads}, {result.environment.get('hardware', {}).get('cpu', '')})")
-    for col in ("model", "backend", "batch", "p50 ms", "±95% ci", "p90 ms", "p99 ms", "samples/s", "speedup", "RSS MB", "size MB", "params", "MACs"):
+    for col in ("model", "backend", "batch", "p50 ms", "±95% ci", "p90 ms", "p99 ms", "samples/s", "speedup", "+RSS MB", "size MB", "params", "MACs"):
         table.add_column(col, justify="left" if col in ("model", "backend") else "right")
     base = {}
     if baseline is not None:
@@ -43,6 +51,7 @@ def bench_table(result: BenchResult, *, baseline: tuple[str, str] | None = None)
         )
     if any(not c.converged and c.latency is not None for c in result.cases):
         table.caption = "* the 95% interval of the median did not narrow to the target within the time budget"
+    table.caption = ((table.caption or "") + "\n+RSS: resident memory added by loading the session and running the batch").strip()
     return table
 
 

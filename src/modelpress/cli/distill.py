@@ -32,7 +32,7 @@ def distill(
     data: str = typer.Option(..., "--data", "-d", help="Labelled data: digits, mnist1d, npz:PATH, imagefolder:DIR, python:pkg.mod:fn."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write."),
     config_file: Path = typer.Option(None, "--config", help="JSON/YAML file of DistillConfig fields (training under `train`); flags override it."),
-    temperature: float = typer.Option(None, "--temperature", help="Softening temperature T (default 4)."),
+    temperature: float = typer.Option(None, "--temperature", help="Softening temperature T (default 2)."),
     temperature_final: float = typer.Option(None, "--temperature-final", help="Anneal T linearly to this by the last epoch."),
     alpha: float = typer.Option(None, "--alpha", help="Weight of the teacher (soft) loss in [0, 1]; the rest goes to the labels."),
     feature: list[str] = typer.Option(None, "--feature", help="Hint loss STUDENT_LAYER=TEACHER_LAYER (adapters added when widths differ); repeatable."),

@@ -52,7 +52,8 @@ _register_all()
 def main() -> None:
     """Run the command line; user errors become one line on stderr and exit 2."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
     except ModelpressError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -68,6 +69,8 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

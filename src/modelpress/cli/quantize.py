@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from modelpress.bench.report import speed_words
+
 _HELP = """Quantize MODEL and write an artifact directory.
 
 Every run measures the result against the float model on the same backend:
@@ -87,7 +89,7 @@ def quantize_command(
         typer.echo(f"{mark} {c.name:<16} {c.latency_ms:8.2f} ms  {result.metric} {c.metric:.4f}  drop {c.drop:+.4f}"
                    + ("" if c.meets_budget else "  (over budget)"))
     typer.echo(f"float {result.float_ms:.2f} ms -> {result.chosen} {result.quant_ms:.2f} ms "
-               f"({result.speedup:.2f}x faster) on {result.backend}; {result.metric} "
+               f"({speed_words(result.speedup)}) on {result.backend}; {result.metric} "
                f"{result.float_metric:.4f} -> {result.quant_metric:.4f}; wrote {result.out_dir}")
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from modelpress.errors import DataError, SpecError
-from modelpress.sources.models import import_object, parse_shape, split_spec
+from modelpress.sources.models import check_options, import_object, parse_shape, positive_int_option, split_spec
 
 if TYPE_CHECKING:
     from modelpress.sources.models import ModelHandle
@@ -152,26 +152,10 @@ def load_data(spec: str, *, seed: int = 0) -> Dataset:
     return loader(spec, rest if kind else "", options, seed)
 
 
-def _check_options(options: dict[str, str], allowed: Sequence[str], spec: str) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise SpecError(f"unknown option(s) {unknown} in data spec {spec!r}; allowed: {', '.join(allowed) or '(none)'}")
-
-
-def _positive_int(options: dict[str, str], key: str, default: int, spec: str) -> int:
-    try:
-        value = int(options.get(key, default))
-    except ValueError as err:
-        raise SpecError(f"option {key!r} of {spec!r} must be an integer; got {options[key]!r}") from err
-    if value <= 0:
-        raise SpecError(f"option {key!r} of {spec!r} must be positive; got {value}")
-    return value
-
-
 def _digits(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
     from sklearn.datasets import load_digits
 
-    _check_options(options, (), spec)
+    check_options(options, (), spec, what="data")
     bunch = load_digits()
     x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
@@ -185,7 +169,7 @@ def _cache_dir() -> Path:
 
 
 def _mnist1d(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
-    _check_options(options, (), spec)
+    check_options(options, (), spec, what="data")
     cache = _cache_dir() / "mnist1d-v1.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as arrays:
@@ -208,16 +192,16 @@ def _mnist1d(spec: str, rest: str, options: dict[str, str], seed: int) -> Datase
 
 
 def _synthetic(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
-    _check_options(options, ("n",), spec)
+    check_options(options, ("n",), spec, what="data")
     shape = parse_shape(rest, what=f"data spec {spec!r}")
-    n = _positive_int(options, "n", 64, spec)
+    n = positive_int_option(options, "n", 64, spec)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((3 * n, *shape)).astype(np.float32)
     return make_dataset(spec, train=Split(x[:n]), val=Split(x[n : 2 * n]), calib=Split(x[2 * n :]), seed=seed)
 
 
 def _npz(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
-    _check_options(options, (), spec)
+    check_options(options, (), spec, what="data")
     path = Path(rest)
     if not path.is_file():
         raise SpecError(f"npz:{rest}: no such file")
@@ -257,8 +241,8 @@ def dataset_from_arrays(spec: str, data: dict[str, Any], *, seed: int) -> Datase
 def _imagefolder(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
     from PIL import Image
 
-    _check_options(options, ("size",), spec)
-    size = _positive_int(options, "size", 224, spec)
+    check_options(options, ("size",), spec, what="data")
+    size = positive_int_option(options, "size", 224, spec)
     root = Path(rest)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
@@ -280,7 +264,7 @@ def _imagefolder(spec: str, rest: str, options: dict[str, str], seed: int) -> Da
 
 
 def _jsonl(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
-    _check_options(options, (), spec)
+    check_options(options, (), spec, what="data")
     path = Path(rest)
     if not path.is_file():
         raise SpecError(f"jsonl:{rest}: no such file")
@@ -306,7 +290,7 @@ def _jsonl(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
 
 
 def _python(spec: str, rest: str, options: dict[str, str], seed: int) -> Dataset:
-    _check_options(options, (), spec)
+    check_options(options, (), spec, what="data")
     made = import_object(rest, what="data function")()
     if isinstance(made, Dataset):
         return made

@@ -190,19 +190,22 @@ def load_model(spec: str) -> ModelHandle:
     return handle
 
 
-def _options_int(options: dict[str, str], key: str, default: int, spec: str) -> int:
+def check_options(options: dict[str, str], allowed: tuple[str, ...], spec: str, *, what: str) -> None:
+    """Refuse spec options outside ``allowed``, naming them and what is allowed."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SpecError(f"unknown option(s) {unknown} in {what} spec {spec!r}; allowed: {', '.join(allowed) or '(none)'}")
+
+
+def positive_int_option(options: dict[str, str], key: str, default: int, spec: str) -> int:
+    """Read a positive integer spec option, with an error naming the option."""
     try:
-        value = int(options.pop(key, default))
+        value = int(options.get(key, default))
     except ValueError as err:
-        raise SpecError(f"option {key!r} of {spec!r} must be an integer; got {options.get(key)!r}") from err
+        raise SpecError(f"option {key!r} of {spec!r} must be an integer; got {options[key]!r}") from err
     if value <= 0:
         raise SpecError(f"option {key!r} of {spec!r} must be positive; got {value}")
     return value
-
-
-def _reject_unknown_options(options: dict[str, str], spec: str, allowed: str) -> None:
-    if options:
-        raise SpecError(f"unknown option(s) {sorted(options)} in model spec {spec!r}; allowed: {allowed}")
 
 
 def _load_torchvision(name: str, options: dict[str, str]) -> ModelHandle:
@@ -212,9 +215,9 @@ def _load_torchvision(name: str, options: dict[str, str]) -> ModelHandle:
         raise MissingDependencyError("torchvision", "model source torchvision:", "vision") from err
     spec = f"torchvision:{name}"
     default_size = 299 if name == "inception_v3" else 224
-    size = _options_int(options, "input_size", default_size, spec)
-    num_classes = _options_int(options, "num_classes", 1000, spec)
-    _reject_unknown_options(options, spec, "input_size, num_classes")
+    check_options(options, ("input_size", "num_classes"), spec, what="model")
+    size = positive_int_option(options, "input_size", default_size, spec)
+    num_classes = positive_int_option(options, "num_classes", 1000, spec)
     available = torchvision.models.list_models()
     if name not in available:
         close = [m for m in available if name.lower()[:4] in m][:5]
@@ -244,7 +247,7 @@ def bundled_minilm_dir() -> Path:
 
 def _load_hf(directory: str, options: dict[str, str]) -> ModelHandle:
     spec = f"hf:{directory}"
-    _reject_unknown_options(options, spec, "(none)")
+    check_options(options, (), spec, what="model")
     path = bundled_minilm_dir() if directory == "minilm" else Path(directory)
     if not (path / "config.json").is_file():
         raise SpecError(f"hf:{directory} is not a transformers directory (no config.json in {path}); use hf:DIR or hf:minilm")
@@ -289,7 +292,7 @@ def _load_onnx(path_text: str, options: dict[str, str]) -> ModelHandle:
     import onnx
 
     spec = f"onnx:{path_text}"
-    _reject_unknown_options(options, spec, "(none)")
+    check_options(options, (), spec, what="model")
     path = Path(path_text)
     if not path.is_file():
         raise SpecError(f"onnx:{path_text}: no such file")
@@ -312,7 +315,7 @@ def _load_onnx(path_text: str, options: dict[str, str]) -> ModelHandle:
 
 def _load_torch(path_text: str, options: dict[str, str]) -> ModelHandle:
     spec = f"torch:{path_text}"
-    _reject_unknown_options(options, spec, "(none)")
+    check_options(options, (), spec, what="model")
     path = Path(path_text)
     if path.is_dir():
         return load_checkpoint(path)
@@ -337,9 +340,9 @@ def _load_python(target: str, options: dict[str, str]) -> ModelHandle:
 
     spec = f"python:{target}"
     factory = import_object(target, what="model factory")
-    shape_text = options.pop("shape", None)
-    task = options.pop("task", "classification")
-    _reject_unknown_options(options, spec, "shape (e.g. 1x40), task")
+    check_options(options, ("shape", "task"), spec, what="model")
+    shape_text = options.get("shape")
+    task = options.get("task", "classification")
     made = factory()
     if isinstance(made, ModelHandle):
         return made

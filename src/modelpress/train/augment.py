@@ -2,7 +2,8 @@
 
 Geometry (crop-by-translation, flip, scale, rotation) is one affine warp per
 sample through ``affine_grid``/``grid_sample``, so a whole batch costs two
-kernels instead of a Python loop over images. MixUp and CutMix mix pairs of
+kernels instead of a Python loop over images. Signals (N, C, L) get a random
+per-sample shift along L and Gaussian noise. MixUp and CutMix mix pairs of
 samples and turn the labels into soft targets.
 """
 
@@ -31,8 +32,8 @@ Use ``generator`` for randomness so that runs stay deterministic under a seed.
 class AugmentConfig(BaseModel):
     """Which augmentations to apply to each training batch (images are (N, C, H, W)).
 
-    Geometric and colour options need image batches; MixUp and CutMix work on
-    any input (CutMix needs images).
+    Geometric and colour options need image batches; ``shift`` needs signals
+    (N, C, L); noise and MixUp work on any float input (CutMix needs images).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,6 +44,8 @@ class AugmentConfig(BaseModel):
     rotation_deg: float = Field(0.0, ge=0, le=180, description="Random rotation in [-deg, deg].")
     brightness: float = Field(0.0, ge=0, le=1, description="Colour jitter: multiply by a factor in [1-b, 1+b].")
     contrast: float = Field(0.0, ge=0, le=1, description="Colour jitter: scale around the per-image mean by [1-c, 1+c].")
+    shift: int = Field(0, ge=0, description="Signals (N, C, L): shift each sample by up to this many steps along L (zeros fill in).")
+    noise_std: float = Field(0.0, ge=0, description="Add Gaussian noise of this standard deviation to every input value.")
     mixup_alpha: float = Field(0.0, ge=0, description="Beta(alpha, alpha) for MixUp; 0 disables it.")
     cutmix_alpha: float = Field(0.0, ge=0, description="Beta(alpha, alpha) for CutMix; 0 disables it.")
     mix_prob: float = Field(1.0, ge=0, le=1, description="Share of batches that get MixUp or CutMix.")
@@ -68,7 +71,7 @@ class AugmentConfig(BaseModel):
     @property
     def active(self) -> bool:
         """Say whether this config changes any input."""
-        return self.geometric or self.brightness > 0 or self.contrast > 0 or self.mixing
+        return self.geometric or self.brightness > 0 or self.contrast > 0 or self.shift > 0 or self.noise_std > 0 or self.mixing
 
 
 class Augmenter:
@@ -104,6 +107,14 @@ class Augmenter:
             )
         if needs_image and not x.is_floating_point():
             raise DataError(f"augment: image augmentation needs float inputs; got {x.dtype}")
+        if (cfg.shift > 0 or cfg.noise_std > 0) and not x.is_floating_point():
+            raise DataError(f"augment: shift/noise_std need float inputs; got {x.dtype}")
+        if cfg.shift > 0:
+            if x.dim() != 3:
+                raise DataError(f"augment: shift needs signal batches (N, C, L); got shape {tuple(x.shape)}. Use crop_padding for images.")
+            x = self._shift(x, generator)
+        if cfg.noise_std > 0:
+            x = x + cfg.noise_std * torch.randn(x.shape, generator=generator).to(x.dtype)
         if cfg.geometric:
             x = self._warp(x, generator)
         if cfg.brightness > 0 or cfg.contrast > 0:
@@ -133,6 +144,16 @@ class Augmenter:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # zeros padding reproduces the classic "pad then crop" look
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _shift(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, c, length = x.shape
+        k = self.config.shift
+        offset = torch.randint(-k, k + 1, (n, 1), generator=generator)
+        # output position j reads input position j - offset; one gather for the whole batch
+        src = torch.arange(length).view(1, length) - offset
+        inside = (src >= 0) & (src < length)
+        gathered = torch.gather(x, 2, src.clamp(0, length - 1).view(n, 1, length).expand(n, c, length))
+        return gathered * inside.view(n, 1, length).to(x.dtype)
 
     def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config

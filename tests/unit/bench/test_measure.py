@@ -65,3 +65,11 @@ def test_count_macs_of_a_linear_layer():
     from modelpress.bench.macs import count_macs
 
     assert count_macs(torch.nn.Linear(10, 20), (torch.zeros(1, 10),)) == 200
+
+
+def test_speed_words_never_call_a_slowdown_faster():
+    from modelpress.bench.report import speed_words
+
+    assert speed_words(2.0) == "2.00x faster"
+    assert speed_words(0.8) == "1.25x slower"
+    assert speed_words(None) == "–"

@@ -210,6 +210,45 @@ def test_augmented_inputs_skip_the_cache(teacher):
     assert report.teacher_calls == [20] and report.cached == [False]
 
 
+def test_teacher_labels_the_same_augmented_and_mixed_batch_the_student_sees(teacher):
+    # consistent teaching (Beyer et al., 2022): every step, the teacher's input is exactly the student's
+    x, y = _toy(96)
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    student = _net()
+    hooks = [m.register_forward_pre_hook(lambda _m, args, k=k: seen[k].append(args[0].detach().clone()))
+             for k, m in (("student", student), ("teacher", teacher))]
+    try:
+        augment = AugmentConfig(shift=2, noise_std=0.2, mixup_alpha=1.0)
+        distill_(student, teacher, (x, y), None, DistillConfig(train=_train(epochs=2, augment=augment)))
+    finally:
+        for h in hooks:
+            h.remove()
+    train_steps = [t for t in seen["student"] if len(t) == 32]  # the engine's set-up probe uses a smaller batch
+    teacher_steps = [t for t in seen["teacher"] if len(t) == 32]
+    assert len(train_steps) == len(teacher_steps) == 6
+    for s_in, t_in in zip(train_steps, teacher_steps, strict=True):
+        assert torch.equal(s_in, t_in)
+        assert not any(torch.equal(s_in[:1], torch.from_numpy(x[i:i + 1])) for i in range(len(x)))  # really augmented
+
+
+def test_soft_target_of_a_mixed_input_is_the_teacher_on_that_input_not_a_mix_of_its_outputs(teacher):
+    x, y = _toy(16)
+    xa, xb = torch.from_numpy(x[:8]), torch.from_numpy(x[8:])
+    mixed = 0.5 * xa + 0.5 * xb
+    target = 0.5 * F.one_hot(torch.from_numpy(y[:8]), 3).float() + 0.5 * F.one_hot(torch.from_numpy(y[8:]), 3).float()
+    student = _net().eval()
+    obj = DistillObjective(student, [TorchTeacher(teacher, "t")], DistillConfig(alpha=1.0, temperature=1.0), n_train=16)
+    obj.begin_epoch(0, 1)
+    with torch.no_grad():
+        t = teacher.eval()
+        log_p = F.log_softmax(student(mixed), 1)
+        on_mixed = F.kl_div(log_p, F.softmax(t(mixed), 1), reduction="batchmean")
+        of_mix = F.kl_div(log_p, 0.5 * F.softmax(t(xa), 1) + 0.5 * F.softmax(t(xb), 1), reduction="batchmean")
+        got = float(obj(student, Batch(mixed, target, torch.arange(8), True)))
+    assert got == pytest.approx(float(on_mixed), rel=1e-5)
+    assert abs(float(on_mixed) - float(of_mix)) > 1e-3  # the two readings differ, so the check can fail
+
+
 def test_bad_inputs_are_clear_errors(teacher):
     x, y = _toy()
     with pytest.raises(ConfigError, match=r"teacher #0 outputs shape \(8, 3\) but the student outputs \(8, 5\)"):

@@ -76,3 +76,49 @@ def test_bad_inputs():
     with pytest.raises(ValidationError, match="scale"):
         AugmentConfig(scale=(1.2, 0.8))
     assert not Augmenter(None, num_classes=3).active
+
+
+def _signals(n=16, length=12):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 2, length, generator=g) + 1.0, torch.arange(n) % 4  # strictly positive: zeros mark the fill
+
+
+def test_shift_moves_each_signal_by_a_whole_offset_within_the_limit_and_fills_zeros():
+    x, y = _signals(64)
+    aug = Augmenter(AugmentConfig(shift=3), num_classes=4)
+    out, target = aug(x, y, torch.Generator().manual_seed(4))
+    offsets = []
+    for o, i in zip(out, x):
+        found = [k for k in range(-3, 4) if torch.equal(o, _shifted(i, k))]
+        assert len(found) == 1
+        offsets.append(found[0])
+    assert set(offsets) == set(range(-3, 4))  # every offset in [-3, 3] turns up in 64 draws
+    assert torch.equal(target, y)
+    again, _ = aug(x, y, torch.Generator().manual_seed(4))
+    assert torch.equal(out, again)
+
+
+def _shifted(signal: torch.Tensor, k: int) -> torch.Tensor:
+    out = torch.zeros_like(signal)
+    if k >= 0:
+        out[:, k:] = signal[:, :signal.shape[1] - k]
+    else:
+        out[:, :k] = signal[:, -k:]
+    return out
+
+
+def test_noise_has_the_configured_spread_and_works_on_any_rank():
+    x = torch.zeros(64, 1, 8, 8)
+    out, _ = Augmenter(AugmentConfig(noise_std=0.3), num_classes=None)(x, torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(5))
+    assert float(out.std()) == pytest.approx(0.3, rel=0.05)
+    assert abs(float(out.mean())) < 0.02
+    assert AugmentConfig(noise_std=0.1).active and AugmentConfig(shift=1).active
+
+
+def test_shift_rejects_images_and_integer_inputs():
+    with pytest.raises(DataError, match=r"shift needs signal batches \(N, C, L\); got shape \(2, 1, 4, 4\)"):
+        Augmenter(AugmentConfig(shift=2), num_classes=2)(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), torch.Generator())
+    with pytest.raises(DataError, match="shift/noise_std need float inputs; got torch.int64"):
+        Augmenter(AugmentConfig(noise_std=0.1), num_classes=2)(torch.zeros(2, 1, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.Generator())
+    with pytest.raises(ValidationError, match="shift"):
+        AugmentConfig(shift=-1)

@@ -1,0 +1,155 @@
+"""Fake stages and a tiny trained model for testing the pipeline's orchestration.
+
+The fakes do measurable damage that their recipe fields control, so the real
+gate (ONNX Runtime evaluation, side-by-side timing) sees real accuracy drops:
+
+- ``prune`` zeroes the input features with the smallest weights (share ``ratio``);
+- ``quantize`` rounds weights to a grid (coarse for static, fine for qat),
+  sparing ``float_layers``;
+- ``slow`` sleeps ``seconds`` in small steps, then scales nothing (for kill/resume tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from modelpress.pipeline.stages import StageContext, StageOutput
+
+
+class DigitsLinear(nn.Module):
+    """Logistic regression on the 64 digit pixels; input (N, 1, 8, 8)."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(x, 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _trained() -> DigitsLinear:
+    from modelpress.sources.data import load_data
+
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = DigitsLinear()
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def trained_digits_linear() -> nn.Module:
+    """A trained copy (about 95% on digits' test split)."""
+    return copy.deepcopy(_trained())
+
+
+class _Cfg(BaseModel):
+    # the search adds fields the real verbs take (method, allow_slower, ...); the fakes ignore them
+    model_config = ConfigDict(extra="ignore")
+
+
+class PruneCfg(_Cfg):
+    ratio: float = Field(0.5, ge=0, lt=1)
+
+
+class QuantCfg(_Cfg):
+    mode: Literal["static", "qat", "dynamic"] = "static"
+    float_layers: int = Field(0, ge=0)
+
+
+class SlowCfg(_Cfg):
+    seconds: float = Field(1.0, ge=0)
+
+
+class _Fake:
+    kind = ""
+    cfg: type[BaseModel] = _Cfg
+    calls: list[dict[str, Any]] = []
+
+    def validate(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": self.kind, **self.cfg.model_validate({k: v for k, v in fields.items() if k != "kind"}).model_dump()}
+
+    def run(self, handle: Any, config: dict[str, Any], ctx: StageContext) -> StageOutput:
+        cfg = self.cfg.model_validate({k: v for k, v in config.items() if k != "kind"})
+        type(self).calls.append(dict(config))
+        module = copy.deepcopy(handle.module)
+        with torch.no_grad():
+            report = self.damage(module.fc, cfg)
+        return StageOutput(handle.with_module(module.eval()), report)
+
+    def damage(self, fc: nn.Linear, cfg: Any) -> dict[str, Any]:
+        return {}
+
+
+class FakePrune(_Fake):
+    kind, cfg = "prune", PruneCfg
+
+    def damage(self, fc: nn.Linear, cfg: PruneCfg) -> dict[str, Any]:
+        n = int(round(cfg.ratio * fc.in_features))
+        order = fc.weight.abs().sum(0).argsort()
+        fc.weight[:, order[:n]] = 0
+        return {"zeroed": n, "layers": [{"name": "fc.in", "kind": "linear", "original": fc.in_features, "kept": fc.in_features - n}]}
+
+
+class FakeQuantize(_Fake):
+    kind, cfg = "quantize", QuantCfg
+
+    def damage(self, fc: nn.Linear, cfg: QuantCfg) -> dict[str, Any]:
+        if cfg.float_layers:
+            return {"kept_float": cfg.float_layers}
+        step = fc.weight.abs().max() / (2 if cfg.mode == "static" else 64)
+        fc.weight.copy_(torch.round(fc.weight / step) * step)
+        return {"step": float(step)}
+
+
+class SlowStage(_Fake):
+    kind, cfg = "slow", SlowCfg
+
+    def damage(self, fc: nn.Linear, cfg: SlowCfg) -> dict[str, Any]:
+        end = time.monotonic() + cfg.seconds
+        while time.monotonic() < end:
+            time.sleep(0.05)
+        return {"slept": cfg.seconds}
+
+
+def install() -> None:
+    """Register the fakes in place of the real prune / quantize stages."""
+    from modelpress.pipeline.stages import register_stage
+
+    for cls in (FakePrune, FakeQuantize, SlowStage):
+        register_stage(cls())
+
+
+MODEL = "python:pipeline_fakes:trained_digits_linear"
+
+
+def use_fakes(monkeypatch: Any) -> Any:
+    """Install the fakes for one test; the monkeypatch restores the real registry afterwards."""
+    from pathlib import Path
+
+    from modelpress.pipeline import stages
+
+    monkeypatch.setattr(stages, "_STAGES", dict(stages._STAGES))
+    for cls in (FakePrune, FakeQuantize, SlowStage):
+        cls.calls = []
+    install()
+    here = Path(__file__).resolve().parent
+    # spawned workers (process pool, Ray) find the fakes through PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", f"{here.parents[2] / 'src'}:{here}")
+    import sys
+
+    return sys.modules[__name__]
