@@ -25,7 +25,10 @@ def serve(
     padding: str = typer.Option(None, "--padding", help="Variable-length inputs: pad, bucket or none."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Run every request on its own (for comparison)."),
     max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body accepted (413 past it)."),
-    token: str = typer.Option(None, "--token", envvar="MODELPRESS_TOKEN", help="Bearer token of the management API."),
+    token: str = typer.Option(
+        None, "--admin-token", "--token", envvar=["MODELPRESS_ADMIN_TOKEN", "MODELPRESS_TOKEN"],
+        help="Bearer token of the management API (rollout changes); without one its writes are disabled.",
+    ),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
     ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve (the local Ray instance, or RAY_ADDRESS) instead of uvicorn."),
 ) -> None:

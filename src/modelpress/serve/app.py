@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,6 +32,9 @@ from modelpress.serve.metrics import CONTENT_TYPE, ServerMetrics
 from modelpress.serve.protocol import HEADER_LENGTH, encode_infer_response, error_body, parse_infer_request, validate_inputs
 from modelpress.serve.repository import LoadedVersion, ModelEntry, ModelRepository
 from modelpress.serve.runner import ModelRunner
+
+if TYPE_CHECKING:
+    from modelpress.registry import Registry
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modelpress.serve.access")
@@ -115,7 +118,7 @@ def check_bearer(request: Request, token: str | None) -> Response | None:
     For management endpoints; with no token configured they are refused outright.
     """
     if token is None:
-        return _error(403, "management API is disabled: start the server with a token (--token or MODELPRESS_TOKEN)")
+        return _error(403, "management API is disabled: start the server with a token (--admin-token or MODELPRESS_ADMIN_TOKEN)")
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return _error(401, "missing or wrong bearer token in the Authorization header")
@@ -137,11 +140,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(
-    runners: Sequence[ModelRunner], config: ServeConfig | None = None, *, clock: Clock | None = None
+    runners: Sequence[ModelRunner],
+    config: ServeConfig | None = None,
+    *,
+    clock: Clock | None = None,
+    rollout: bool = True,
+    registry: Registry | None = None,
 ) -> Starlette:
     """Build the OIP v2 app serving ``runners`` (each one model version).
 
     ``app.state`` holds ``repository`` (the router seam), ``metrics`` and ``config``.
+    With ``rollout`` (the default) traffic policies, the management API and the
+    dashboard are installed (``app.state.rollout``, see :mod:`management`); policy
+    changes are recorded in ``registry``, or in the one ``config.registry`` names.
     """
     config = config or ServeConfig()
     metrics = ServerMetrics()
@@ -199,6 +210,14 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
+        # The body is read before routing so that picking a version and queueing on it
+        # happen with no await in between: a hot swap then drains the old version by
+        # waiting for its in_flight count, and no request that picked it can fail.
+        try:
+            body = await _read_body(request, config.max_body_bytes)
+        except _BodyTooLarge as err:
+            metrics.unrouted.labels("413").inc()
+            return _error(413, str(err))
         try:
             entry, loaded = _entry_version(request)
         except NotFoundError as err:
@@ -207,7 +226,6 @@ def create_app(
         runner = loaded.runner
         code = 200
         try:
-            body = await _read_body(request, config.max_body_bytes)
             parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
             inputs = validate_inputs(parsed.inputs, runner.inputs, model=runner.name)
             if parsed.outputs is not None:
@@ -229,9 +247,6 @@ def create_app(
             return Response(encoded.body, media_type=encoded.content_type, headers=headers)
         except InferenceInputError as err:
             code = 400
-            return _error(code, str(err))
-        except _BodyTooLarge as err:
-            code = 413
             return _error(code, str(err))
         except OverloadedError as err:
             code = 503
@@ -278,4 +293,8 @@ def create_app(
     app.state.repository = repo
     app.state.metrics = metrics
     app.state.config = config
+    if rollout:
+        from modelpress.serve.management import install_rollout
+
+        install_rollout(app, token=config.token, registry=registry)
     return app
