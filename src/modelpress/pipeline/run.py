@@ -28,6 +28,7 @@ from modelpress.errors import ConfigError, GateError
 from modelpress.pipeline.gate import Measurement, Verdict, backoff, eval_split, judge, measure_speed, quality, reference_outputs
 from modelpress.pipeline.recipe import Recipe, stable_hash
 from modelpress.pipeline.stages import StageContext, ensure_onnx, get_stage, jsonable
+from modelpress.sources.data import split_hash
 
 if TYPE_CHECKING:
     from modelpress.sources.data import Dataset
@@ -191,24 +192,6 @@ def _baseline(recipe: Recipe, data: Dataset, work: Path, resume: bool, say: Prog
     return load_state(directory)
 
 
-def _split_hash(split: Any) -> str:
-    """sha256 of one split's features and labels (the calibration data's identity)."""
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for part in (split.x, split.y):
-        if part is None:
-            digest.update(b"none")
-        elif isinstance(part, list):
-            digest.update(json.dumps(part).encode())
-        else:
-            arr = np.ascontiguousarray(part)
-            digest.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
-    return digest.hexdigest()
-
-
 def _seed(seed: int) -> None:
     import random
 
@@ -298,7 +281,7 @@ def run_recipe(
     work.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(work)
     data = load_data(recipe.data, seed=recipe.seed)
-    calib_hash = _split_hash(data.calib)
+    calib_hash = split_hash(data.calib)
     base, _ = _baseline(recipe, data, work, resume, say)
     split = eval_split(data, recipe.gate)
     reference = reference_outputs(base, split, recipe.target)

@@ -82,21 +82,31 @@ class Dataset:
         return self.test if self.test is not None else self.val
 
 
+def _update_with_split(digest: Any, split: Split) -> None:
+    for part in (split.x, split.y):
+        if part is None:
+            digest.update(b"none")
+        elif isinstance(part, list):
+            digest.update(json.dumps(part).encode())
+        else:
+            arr = np.ascontiguousarray(part)
+            digest.update(f"{arr.dtype}{arr.shape}".encode())
+            digest.update(arr.tobytes())
+
+
+def split_hash(split: Split) -> str:
+    """Return the sha256 of one split's features and labels (e.g. the calibration data's identity)."""
+    digest = hashlib.sha256()
+    _update_with_split(digest, split)
+    return digest.hexdigest()
+
+
 def _hash_splits(splits: dict[str, Split | None]) -> str:
     digest = hashlib.sha256()
     for name, split in splits.items():
-        if split is None:
-            continue
-        digest.update(name.encode())
-        for part in (split.x, split.y):
-            if part is None:
-                digest.update(b"none")
-            elif isinstance(part, list):
-                digest.update(json.dumps(part).encode())
-            else:
-                arr = np.ascontiguousarray(part)
-                digest.update(f"{arr.dtype}{arr.shape}".encode())
-                digest.update(arr.tobytes())
+        if split is not None:
+            digest.update(name.encode())
+            _update_with_split(digest, split)
     return digest.hexdigest()
 
 
