@@ -24,8 +24,22 @@ _LAZY = {
     "export_onnx": "modelpress.export.onnx",
     "ExportConfig": "modelpress.export.onnx",
     "get_backend": "modelpress.runtime",
-    "bench": "modelpress.bench.measure",
     "BenchConfig": "modelpress.bench.measure",
+    "finetune_": "modelpress.train.finetune",
+    "FinetuneConfig": "modelpress.train.finetune",
+    "distill_": "modelpress.compress.distill",
+    "DistillConfig": "modelpress.compress.distill",
+    "prune_": "modelpress.compress.prune",
+    "PruneConfig": "modelpress.compress.prune",
+    "UnstructuredPruneConfig": "modelpress.compress.prune",
+    "quantize": "modelpress.compress.quantize",
+    "quantize_": "modelpress.compress.quantize",
+    "DynamicConfig": "modelpress.compress.quantize",
+    "StaticConfig": "modelpress.compress.quantize",
+    "QATConfig": "modelpress.compress.quantize",
+    "load_recipe": "modelpress.pipeline.recipe",
+    "run_recipe": "modelpress.pipeline.run",
+    "open_registry": "modelpress.registry",
 }
 
 __all__ = ["__version__", *_LAZY]

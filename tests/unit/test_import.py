@@ -26,3 +26,10 @@ def test_version_comes_from_metadata():
     import modelpress
 
     assert modelpress.__version__ != "0.0.0"
+
+
+def test_every_public_verb_resolves():
+    import modelpress
+
+    for name in modelpress.__all__:
+        assert getattr(modelpress, name) is not None, name
