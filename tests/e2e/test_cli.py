@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ["demo", "compress", "finetune", "prune", "distill", "quantize", "export", "eval", "bench", "advise", "registry", "serve", "loadtest", "report"]
+COMMANDS = ["demo", "compress", "finetune", "prune", "distill", "quantize", "export", "eval", "bench", "advise", "registry", "serve", "rollout", "loadtest", "report"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
