@@ -49,6 +49,7 @@ from modelpress.serve.router import (  # noqa: E402
     ShadowPolicy,
     SinglePolicy,
 )
+from modelpress.serve.testing import ServerProcess  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,42 +222,9 @@ def make_artifacts(root: Path) -> dict[str, Path]:
     return out
 
 
-class ServerProcess:
-    """``modelpress serve`` in a subprocess (one model instance, one thread, like a 1-core pod)."""
-
-    def __init__(self, model_dir: Path) -> None:
-        from modelpress.serve.testing import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            sys.executable, "-m", "modelpress.cli.main", "serve", "--model-dir", str(model_dir), "--port", str(self.port),
-            "--threads", "1", "--no-access-log", "--admin-token", SERVER_TOKEN,
-        ]
-
-    def __enter__(self) -> ServerProcess:
-        import os
-        import subprocess
-
-        import httpx
-
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-        self.proc = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready in 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+def server_process(model_dir: Path) -> ServerProcess:
+    """Return ``modelpress serve`` on ``model_dir`` in a subprocess (one model instance, one thread, like a 1-core pod)."""
+    return ServerProcess("--model-dir", str(model_dir), "--threads", "1", "--no-access-log", "--admin-token", SERVER_TOKEN)
 
 
 def digits_body(rows: int = 1) -> dict[str, object]:
@@ -359,7 +327,7 @@ def run_server_benchmarks(quick: bool) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         root = Path(tmp)
         artifacts = make_artifacts(root)
-        with ServerProcess(root / "serve") as server:
+        with server_process(root / "serve") as server:
             swaps = bench_swaps(server, artifacts, 5 if quick else 20)
             print(
                 f"{swaps['claim']}: {swaps['failed']} failed of {swaps['requests']} requests ({swaps['qps']:.0f}/s) over "

@@ -13,12 +13,18 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from modelpress.serve.testing import ServerProcess
+    from modelpress.sources.models import ModelHandle
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,32 +41,34 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- models
 
 
-def _artifact(name: str, handle, onnx_path: Path) -> Path:
+def _artifact(name: str, what: str, build: Callable[[Path], tuple[ModelHandle, Path]]) -> Path:
+    """Return the model dir of artifact ``name``, built once by ``build(tmp) -> (handle, onnx file)`` and then reused."""
     from modelpress.artifact import write_artifact
 
-    out = MODELS / name / name
-    write_artifact(out, handle=handle.with_onnx(onnx_path), manifest={"benchmark": "bench_serve"})
-    return out.parent
+    model_dir = MODELS / name
+    if (model_dir / name / "manifest.json").is_file():
+        return model_dir
+    log(f"building {what}")
+    with tempfile.TemporaryDirectory() as tmp:
+        handle, onnx_path = build(Path(tmp))
+        handle.module = None
+        write_artifact(model_dir / name, handle=handle.with_onnx(onnx_path), manifest={"benchmark": "bench_serve"})
+    return model_dir
 
 
 def resnet18_int8() -> Path:
     """Export torchvision resnet18 (random weights) and quantize it statically (QDQ, per-channel, QUInt8)."""
-    model_dir = MODELS / "resnet18"
-    if (model_dir / "resnet18" / "manifest.json").is_file():
-        return model_dir
-    import tempfile
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    def build(tmp: Path) -> tuple[ModelHandle, Path]:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from modelpress.export.onnx import export_onnx
-    from modelpress.sources.models import load_model
+        from modelpress.export.onnx import export_onnx
+        from modelpress.sources.models import load_model
 
-    log("building resnet18 INT8 (export + quant_pre_process + quantize_static)")
-    handle = load_model("torchvision:resnet18")
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(handle, Path(tmp) / "fp32.onnx").path
-        pre = Path(tmp) / "pre.onnx"
+        handle = load_model("torchvision:resnet18")
+        fp32 = export_onnx(handle, tmp / "fp32.onnx").path
+        pre = tmp / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
         rng = np.random.default_rng(0)
 
@@ -71,51 +79,42 @@ def resnet18_int8() -> Path:
             def get_next(self):
                 return next(self.batches, None)
 
-        q = Path(tmp) / "int8.onnx"
+        q = tmp / "int8.onnx"
         quantize_static(
             str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )
-        handle.module = None
         handle.precision = "int8"
-        return _artifact("resnet18", handle, q)
+        return handle, q
+
+    return _artifact("resnet18", "resnet18 INT8 (export + quant_pre_process + quantize_static)", build)
 
 
 def mnist1d_cnn() -> Path:
     """Export the small mnist1d Conv1dNet (random weights is fine for speed)."""
-    model_dir = MODELS / "mnist1d"
-    if (model_dir / "mnist1d" / "manifest.json").is_file():
-        return model_dir
-    import tempfile
 
-    from modelpress.export.onnx import export_onnx
-    from modelpress.sources.models import ModelHandle, TensorSpec
-    from modelpress.testing import Conv1dNet
+    def build(tmp: Path) -> tuple[ModelHandle, Path]:
+        from modelpress.export.onnx import export_onnx
+        from modelpress.sources.models import ModelHandle, TensorSpec
+        from modelpress.testing import Conv1dNet
 
-    log("building mnist1d CNN")
-    handle = ModelHandle("python:modelpress.testing:Conv1dNet", (TensorSpec("input", ("batch", 1, 40), "float32"),), ("logits",), "classification", Conv1dNet().eval())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(handle, Path(tmp) / "m.onnx").path
-        handle.module = None
-        return _artifact("mnist1d", handle, path)
+        handle = ModelHandle("python:modelpress.testing:Conv1dNet", (TensorSpec("input", ("batch", 1, 40), "float32"),), ("logits",), "classification", Conv1dNet().eval())
+        return handle, export_onnx(handle, tmp / "m.onnx").path
+
+    return _artifact("mnist1d", "mnist1d CNN", build)
 
 
 def minilm() -> Path:
     """Export the bundled all-MiniLM-L6-v2 sentence encoder (FP32)."""
-    model_dir = MODELS / "minilm"
-    if (model_dir / "minilm" / "manifest.json").is_file():
-        return model_dir
-    import tempfile
 
-    from modelpress.export.onnx import export_onnx
-    from modelpress.sources.models import load_model
+    def build(tmp: Path) -> tuple[ModelHandle, Path]:
+        from modelpress.export.onnx import export_onnx
+        from modelpress.sources.models import load_model
 
-    log("building MiniLM")
-    handle = load_model("hf:minilm")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(handle, Path(tmp) / "m.onnx").path
-        handle.module = None
-        return _artifact("minilm", handle, path)
+        handle = load_model("hf:minilm")
+        return handle, export_onnx(handle, tmp / "m.onnx").path
+
+    return _artifact("minilm", "MiniLM", build)
 
 
 # ---------------------------------------------------------------- measuring
@@ -152,40 +151,11 @@ class InProcess:
         return {f"batch{b}": self.rows[b] / self.seconds[b] for b in self.rows}
 
 
-class Server:
-    """`modelpress serve` in a subprocess."""
+def server(model_dir: Path, *flags: str) -> ServerProcess:
+    """Return `modelpress serve` on ``model_dir`` in a subprocess (2 threads, no access log), not started yet."""
+    from modelpress.serve.testing import ServerProcess
 
-    def __init__(self, model_dir: Path, *flags: str) -> None:
-        from modelpress.serve.testing import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        cmd = [sys.executable, "-m", "modelpress.cli.main", "serve", "--model-dir", str(model_dir), "--port", str(self.port),
-               "--threads", "2", "--no-access-log", *flags]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def __enter__(self) -> Server:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    return ServerProcess("--model-dir", str(model_dir), "--threads", "2", "--no-access-log", *flags)
 
 
 def load(url: str, model: str, *, concurrency: int = 32, duration: float, warmup: float = 1.0, seq_len=(16, 16), malformed: float = 0.0):
@@ -200,11 +170,13 @@ def interleaved(model_dir: Path, model: str, variants: dict[str, list[str]], *, 
     """Load each server variant in turn, ``rounds`` times, so machine drift hits all alike; merge per variant."""
     from modelpress.serve.loadtest import LoadReport
 
-    servers = {label: Server(model_dir, *flags) for label, flags in variants.items()}
+    servers = {label: server(model_dir, *flags) for label, flags in variants.items()}
     parts: dict[str, list] = {label: [] for label in variants}
     try:
+        for srv in servers.values():  # all load their models at once, then each is waited for
+            srv.start()
         for srv in servers.values():
-            srv.__enter__()
+            srv.wait_ready()
         for r in range(rounds):
             if between is not None:
                 between(seconds)
@@ -212,7 +184,7 @@ def interleaved(model_dir: Path, model: str, variants: dict[str, list[str]], *, 
                 parts[label].append(load(srv.url, model, duration=seconds, warmup=1.0 if r == 0 else 0.3, **kw))
     finally:
         for srv in servers.values():
-            srv.__exit__()
+            srv.stop()
     merged = {label: LoadReport.merge(p) for label, p in parts.items()}
     for label, rep in merged.items():
         log(f"{model} {label}: {rep.summary()}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 import modelpress
-from modelpress.serve.testing import free_port, linear_model, write_test_artifact
+from modelpress.serve.testing import ServerProcess, free_port, linear_model, write_test_artifact
 
 SRC = str(Path(modelpress.__file__).resolve().parents[1])
 TOKEN = "e2e-admin-token"
@@ -56,29 +55,8 @@ def registry_server(tmp_path):
         registry.register("lin", write_test_artifact(tmp_path / f"art{seed}", tmp_path / f"m{seed}.onnx"))
     registry.set_alias("lin", "production", 1, reason="first")
     registry.close()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelpress.cli.main", "serve", "--registry", url, "--model", "lin@production",
-         "--port", str(port), "--admin-token", TOKEN, "--no-access-log"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    server = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{server}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not start")
-        time.sleep(0.2)
-    yield server, url
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    with ServerProcess("--registry", url, "--model", "lin@production", "--admin-token", TOKEN, "--no-access-log") as server:
+        yield server.url, url
 
 
 def infer(server: str, caller: str) -> str:

@@ -1,10 +1,13 @@
-"""Tiny ONNX models and a plain ONNX Runtime session for tests, examples and benchmarks.
+"""Tiny ONNX models, a plain ONNX Runtime session and test servers for tests, examples and benchmarks.
 
 Built with ``onnx.helper`` in milliseconds; nothing downloads.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from modelpress.serve.protocol import TensorMeta
+
+_SRC = str(Path(__file__).resolve().parents[2])
 
 
 def linear_model(path: Path, *, features: int = 4, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +180,77 @@ class ThreadedServer:
         """Ask the server to drain and exit, then wait for its thread."""
         self.server.should_exit = True
         self._thread.join(timeout=60)  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess:
+    """Run ``modelpress serve`` in a subprocess on 127.0.0.1 (benchmarks and end-to-end checks).
+
+    Use as a context manager: entering starts the server (unless :meth:`start`
+    already did) and waits until ``/v2/health/ready`` answers 200; leaving
+    terminates it. Starting several before waiting on any lets them load
+    their models side by side.
+
+    Args:
+        serve_args: the arguments after ``modelpress serve`` (``--port`` is added).
+        port: the port to serve on; a free one when None.
+        ready_timeout_s: how long to wait for the server to become ready.
+    """
+
+    def __init__(self, *serve_args: str, port: int | None = None, ready_timeout_s: float = 120.0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "modelpress.cli.main", "serve", *serve_args, "--port", str(self.port)]
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Launch the server process without waiting for it."""
+        # the server imports the same modelpress as this process, installed or not
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_SRC, os.environ.get("PYTHONPATH", "")])}
+        # stderr is read only when the server dies; serve with --no-access-log so the pipe never fills
+        self.proc = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self) -> None:
+        """Wait until the server answers ready; raise RuntimeError when it exits or times out first."""
+        import httpx
+
+        if self.proc is None:
+            raise RuntimeError("wait_ready() before start()")
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not become ready in {self.ready_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it; kill it if it has not exited within 60 s."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        if self.proc is None:
+            self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
