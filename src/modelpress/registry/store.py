@@ -11,7 +11,8 @@ A register copies the artifact into a temporary directory inside the blob
 root, verifies the copy, moves it into place with one ``os.replace`` and only
 then inserts the version row in a single transaction. A crash at any point
 leaves either nothing or an orphan blob that ``gc`` removes, never a row that
-points at missing bytes.
+points at missing bytes. How the database is opened and written beside other
+writers (SQLite locking, retries) is :mod:`modelpress.registry.db`.
 """
 
 from __future__ import annotations
@@ -19,26 +20,23 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import random
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelpress.errors import ArtifactError, ConfigError, NotFoundError, RegistryError
 from modelpress.registry.blobs import BlobStore, hash_tree, tree_digest
-from modelpress.registry.schema import AliasEventRow, AliasRow, Base, LineageRow, ModelRow, VersionRow
+from modelpress.registry.db import READ_ONLY, create_schema, make_engine, write_retrying
+from modelpress.registry.schema import AliasEventRow, AliasRow, LineageRow, ModelRow, VersionRow
 
 if TYPE_CHECKING:
     from modelpress.sources.models import ModelHandle
@@ -53,6 +51,7 @@ _MANIFEST = "manifest.json"
 _RUNTIME_PACKAGES = ("modelpress", "onnx", "onnxruntime", "openvino", "torch", "numpy")
 
 RegisterStage = Literal["hashed", "copied", "inserted"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,57 +197,15 @@ class Registry:
 
     def __init__(self, url: str | None = None, *, blob_root: str | Path | None = None, busy_timeout_s: float = 30.0) -> None:
         self.url = url or os.environ.get(ENV_URL) or DEFAULT_URL
-        self.engine = self._make_engine(self.url, busy_timeout_s)
+        self.engine = make_engine(self.url, busy_timeout_s)
         self.blob_root = self._blob_root(blob_root)
         self.blobs = BlobStore(self.blob_root)
-        self._sessions = sessionmaker(self.engine.execution_options(modelpress_read_only=True), expire_on_commit=False)
+        # reads never take SQLite's write lock; writes go through _retrying
+        self._sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         self._write_sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._create_schema()
+        create_schema(self.engine, self.url)
 
     # ----------------------------------------------------------------- setup
-
-    @staticmethod
-    def _make_engine(url: str, busy_timeout_s: float) -> Engine:
-        if url.startswith("sqlite:///") and ":memory:" not in url:
-            db_path = Path(url.removeprefix("sqlite:///"))
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            engine = create_engine(url)
-        except Exception as err:  # unknown dialect, missing driver, malformed URL
-            raise ConfigError(f"registry URL {url!r} could not be opened: {err}. Example: sqlite:///.modelpress/registry.db") from err
-        if engine.dialect.name == "sqlite":
-            timeout_ms = int(busy_timeout_s * 1000)
-
-            @event.listens_for(engine, "connect")
-            def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-                # Let SQLAlchemy, not pysqlite, decide when a transaction begins.
-                dbapi_connection.isolation_level = None
-                cursor = dbapi_connection.cursor()
-                cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
-
-            @event.listens_for(engine, "begin")
-            def _sqlite_begin(connection: Any) -> None:
-                # IMMEDIATE takes the write lock up front, so two writers queue on the
-                # busy timeout instead of one failing when it upgrades a read lock.
-                # Readers begin deferred: under WAL they never wait for a writer.
-                read_only = connection.get_execution_options().get("modelpress_read_only", False)
-                connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-        return engine
-
-    def _create_schema(self) -> None:
-        # Look before creating: create_all takes the write lock, and a reader such as
-        # `registry ls` must not wait for a writer just to find the tables there.
-        reader = self.engine.execution_options(modelpress_read_only=True)
-        try:
-            missing = set(Base.metadata.tables) - set(inspect(reader).get_table_names())
-        except OperationalError as err:
-            raise RegistryError(f"registry {self.url} could not be read: {getattr(err, 'orig', err)}") from err
-        if missing:
-            Base.metadata.create_all(self.engine)
 
     def _blob_root(self, blob_root: str | Path | None) -> Path:
         chosen = blob_root or os.environ.get(ENV_BLOBS)
@@ -262,29 +219,9 @@ class Registry:
                 )
         return Path(chosen).resolve()
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        """Open a write transaction (reads use ``self._sessions()``, which never take the write lock)."""
-        with self._write_sessions() as session, session.begin():
-            yield session
-
-    def _retrying(self, work: Callable[[Session], Any], *, attempts: int = 8) -> Any:
-        """Run ``work`` in a transaction, retrying when a concurrent writer won a race."""
-        for attempt in range(attempts):
-            try:
-                with self._session() as session:
-                    return work(session)
-            except (IntegrityError, OperationalError) as err:
-                if not _is_race(err):
-                    raise RegistryError(f"registry {self.url} refused the write: {getattr(err, 'orig', err)}") from err
-                if attempt == attempts - 1:
-                    raise RegistryError(
-                        f"registry {self.url} stayed busy through {attempts} attempts ({getattr(err, 'orig', err)}); "
-                        "another writer holds it: retry, or raise busy_timeout_s."
-                    ) from err
-                # jittered back-off so colliding writers do not collide again in step
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise AssertionError("unreachable")
+    def _retrying(self, work: Callable[[Session], T], *, attempts: int = 8) -> T:
+        """Run ``work`` in a write transaction, retrying when a concurrent writer won a race."""
+        return write_retrying(self._write_sessions, work, url=self.url, attempts=attempts)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -633,14 +570,6 @@ def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_name(value: str, what: str) -> None:
     if not value or any(ch in value for ch in "@/\\ \t\n") or len(value) > 100:
         raise ConfigError(f"{what} {value!r} must be 1-100 characters without '@', '/', '\\' or spaces.")
-
-
-def _is_race(err: Exception) -> bool:
-    text = str(getattr(err, "orig", err)).lower()
-    if isinstance(err, IntegrityError):
-        # two writers picked the same version number or created the same model/alias at once
-        return "unique" in text or "duplicate" in text
-    return "locked" in text or "busy" in text
 
 
 def open_registry(url: str | None = None, *, blob_root: str | Path | None = None) -> Registry:
