@@ -20,9 +20,9 @@ from pathlib import Path
 
 RECIPE = """\
 name: bench-mnist1d-mobile
-model: python:modelpress.testing:Conv1dNet
+model: python:modelpress.testing:Conv1dNet?width=64
 data: mnist1d
-pretrain: {{epochs: {epochs}, batch_size: 128}}
+pretrain: {{epochs: {epochs}, batch_size: 128, optimizer: {{kind: adamw, lr: 0.003}}}}
 preset: mobile
 stages:
   - {{kind: finetune, epochs: {ft}, batch_size: 128}}
@@ -44,7 +44,7 @@ def main() -> int:
     from modelpress.pipeline.run import run_recipe
     from modelpress.pipeline.search import run_search
 
-    epochs, ft, search_ft, bench = (6, 2, 0, 3) if args.quick else (20, 6, 2, 8)
+    epochs, ft, search_ft, bench = (6, 2, 0, 3) if args.quick else (30, 8, 2, 8)
     recipe = recipe_from_text(RECIPE.format(epochs=epochs, ft=ft, search_ft=search_ft, bench=bench), source="bench recipe")
     out: dict[str, object] = {"quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:

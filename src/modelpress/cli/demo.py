@@ -15,10 +15,10 @@ from modelpress.cli.common import console, err_console, write_json
 
 DEMO_RECIPE = """\
 name: demo-mnist1d
-model: python:modelpress.testing:Conv1dNet
+model: python:modelpress.testing:Conv1dNet?width=64
 data: mnist1d
 seed: {seed}
-pretrain: {{epochs: {epochs}, batch_size: 128}}
+pretrain: {{epochs: {epochs}, batch_size: 128, optimizer: {{kind: adamw, lr: 0.003}}}}
 preset: mobile
 stages:
   - {{kind: finetune, epochs: {finetune_epochs}, batch_size: 128}}
@@ -31,8 +31,8 @@ gate: {{max_rounds: 2, bench_seconds: {bench_seconds}}}
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory; the artifact goes to OUT/artifact."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    epochs: int = typer.Option(15, "--epochs", help="Epochs to train the float CNN."),
-    finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Epochs of fine-tuning after pruning."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs to train the float CNN."),
+    finetune_epochs: int = typer.Option(8, "--finetune-epochs", help="Epochs of fine-tuning after pruning."),
     bench_seconds: float = typer.Option(5.0, "--bench-seconds", help="Time budget of each side-by-side latency measurement."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished stages of an interrupted demo."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the artifact as demo-mnist1d in the local registry."),

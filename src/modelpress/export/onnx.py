@@ -37,6 +37,10 @@ class ExportConfig(BaseModel):
         atol, rtol: the check fails when |onnx - torch| > atol + rtol * |torch| anywhere.
         optimize: fold constants and fuse Conv+BN (ONNX Runtime's basic,
             hardware-independent level) when the exporter left any to do.
+        keep_debug_info: keep the exporter's per-node debug metadata (source
+            stack traces with local file paths, FX node text, module scopes).
+            Off by default: it can outweigh a small model's weights and leaks
+            the build machine's paths into a deployed artifact.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,6 +53,7 @@ class ExportConfig(BaseModel):
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
     optimize: bool = True
+    keep_debug_info: bool = False
 
 
 @dataclass
@@ -150,6 +155,34 @@ def _optimize(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def strip_debug_info(path: Path) -> int:
+    """Drop per-node doc strings and metadata (stack traces, FX text) in place; return the bytes saved."""
+    import onnx
+
+    model = onnx.load(str(path))
+    before = model.ByteSize()
+
+    def strip(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:  # If / Loop / Scan bodies
+                if attr.HasField("g"):
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+
+    strip(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    saved = before - model.ByteSize()
+    if saved:
+        onnx.save(model, str(path))
+    return saved
+
+
 def _node_counts(path: Path) -> dict[str, int]:
     import onnx
 
@@ -229,6 +262,8 @@ def _export_checked(handle: ModelHandle, args: tuple, tmp: Path, config: ExportC
     before = _node_counts(tmp)
     if config.optimize and before.get("BatchNormalization", 0):
         _optimize(tmp)
+    if not config.keep_debug_info:
+        strip_debug_info(tmp)
     counts = _node_counts(tmp)
     report = ExportReport(
         path=tmp,

@@ -6,7 +6,8 @@ Specs (an optional ``?key=value&...`` query sets options):
 - ``hf:DIR`` a local transformers directory; ``hf:minilm`` the bundled MiniLM encoder
 - ``onnx:PATH``
 - ``torch:PATH`` an ExportedProgram ``.pt2`` or a modelpress checkpoint directory
-- ``python:pkg.mod:factory`` (``?shape=1x40``) returning an ``nn.Module`` or a ModelHandle
+- ``python:pkg.mod:factory`` (``?shape=1x40&task=embedding``; any other option is a keyword argument
+  of the factory, e.g. ``?width=64``) returning an ``nn.Module`` or a ModelHandle
 - an artifact directory (holds ``manifest.json``)
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -340,10 +342,9 @@ def _load_python(target: str, options: dict[str, str]) -> ModelHandle:
 
     spec = f"python:{target}"
     factory = import_object(target, what="model factory")
-    check_options(options, ("shape", "task"), spec, what="model")
     shape_text = options.get("shape")
     task = options.get("task", "classification")
-    made = factory()
+    made = factory(**_factory_kwargs(factory, {k: v for k, v in options.items() if k not in ("shape", "task")}, spec))
     if isinstance(made, ModelHandle):
         return made
     if not isinstance(made, nn.Module):
@@ -354,6 +355,35 @@ def _load_python(target: str, options: dict[str, str]) -> ModelHandle:
     if task not in ("classification", "embedding", "other"):
         raise SpecError(f"{spec}: task must be classification, embedding or other; got {task!r}")
     return ModelHandle(spec, (TensorSpec("input", ("batch", *shape)),), ("logits",), task, made.eval())  # type: ignore[arg-type]
+
+
+def _factory_kwargs(factory: Callable[..., Any], options: dict[str, str], spec: str) -> dict[str, Any]:
+    """Turn spec options into the factory's keyword arguments (``?width=64``), typed as literals."""
+    if not options:
+        return {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature take what they are given
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(named))
+    if params and unknown and not takes_any:
+        raise SpecError(f"{spec}: option(s) {', '.join(unknown)} are not parameters of the factory; "
+                        f"allowed: shape, task{''.join(', ' + n for n in named)}")
+    return {k: _literal(v) for k, v in options.items()}
+
+
+def _literal(text: str) -> Any:
+    """Read an option value as int, float or bool when it is one, else keep the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _load_registry(target: str, options: dict[str, str]) -> ModelHandle:

@@ -33,6 +33,21 @@ def test_batchnorm_is_fused_into_conv(tmp_path):
     assert report.node_counts["Conv"] == 2
 
 
+def test_debug_metadata_is_stripped_unless_asked_for(tmp_path):
+    import onnx
+
+    handle = load_model("python:modelpress.testing:DigitsNet")
+    lean = export_onnx(handle, tmp_path / "lean.onnx", ExportConfig(exporter="dynamo"))
+    full = export_onnx(handle, tmp_path / "full.onnx", ExportConfig(exporter="dynamo", keep_debug_info=True))
+    lean_nodes, full_nodes = onnx.load(str(lean.path)).graph.node, onnx.load(str(full.path)).graph.node
+    assert [n.op_type for n in lean_nodes] == [n.op_type for n in full_nodes]
+    assert not any(n.metadata_props or n.doc_string for n in lean_nodes)
+    # the dynamo exporter records source stack traces with this machine's paths
+    assert any(p.key == "pkg.torch.onnx.stack_trace" for n in full_nodes for p in n.metadata_props)
+    assert b"testing.py" not in lean.path.read_bytes()
+    assert lean.path.stat().st_size < full.path.stat().st_size
+
+
 def test_text_model_gets_a_dynamic_sequence_axis(tmp_path, tiny_transformer):
     import onnx
 

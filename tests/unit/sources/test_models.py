@@ -110,6 +110,7 @@ def test_example_inputs_respect_dtypes():
         ("python:modelpress.testing:Nope", "has no attribute 'Nope'"),
         ("python:modelpress.testing:TinyConvNet", "input shape is unknown"),
         ("python:modelpress.testing:DigitsNet?shape=1xbad", "shape must look like"),
+        ("python:modelpress.testing:Conv1dNet?depth=3", "option(s) depth are not parameters of the factory; allowed: shape, task, num_classes, width, length"),
         ("torch:/nope.bin", "ExportedProgram .pt2"),
         ("some/dir/that/is/not/there", "not a known form"),
     ],
@@ -119,6 +120,13 @@ def test_bad_model_specs_name_the_problem(spec, fragment):
         load_model(spec)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_python_spec_options_are_factory_keywords():
+    handle = load_model("python:modelpress.testing:Conv1dNet?width=8&num_classes=4")
+    assert handle.module.features[0].out_channels == 8
+    assert handle.module.classifier.out_features == 4
+    assert handle.inputs[0].shape == ("batch", 1, 40)
 
 
 def test_bad_onnx_file(tmp_path):
