@@ -21,7 +21,7 @@ seed: {seed}
 pretrain: {{epochs: {epochs}, batch_size: 128, optimizer: {{kind: adamw, lr: 0.003}}}}
 preset: mobile
 stages:
-  - {{kind: finetune, epochs: {finetune_epochs}, batch_size: 128}}
+  - {{kind: finetune, epochs: {finetune_epochs}, batch_size: 128, optimizer: {{kind: adamw, lr: 0.003}}}}
 target: {{backend: onnxruntime, device: cpu, threads: 2, batch: 1}}
 budget: {{max_accuracy_drop: 0.01}}
 gate: {{max_rounds: 2, bench_seconds: {bench_seconds}}}
