@@ -153,3 +153,29 @@ def test_resume_after_sigkill_mid_stage_restarts_from_the_last_finished_stage(fa
     assert fake_stages.FakePrune.calls == [] and len(fake_stages.SlowStage.calls) == 1
     assert prune_dir.stat().st_mtime_ns == mtime
     assert not (work / "scratch" / "1-slow").exists()
+
+
+def test_the_same_recipe_and_seed_give_the_same_baseline(tmp_path):
+    """The factory's random initial weights are drawn after seeding, so two runs train the same float model."""
+    import torch
+
+    from modelpress.pipeline.run import run_recipe
+
+    text = """
+name: seeded
+model: python:modelpress.testing:DigitsNet
+data: digits
+seed: 7
+pretrain: {epochs: 2, batch_size: 64}
+export: {exporter: torchscript, check: false}
+gate: {max_rounds: 1, bench_seconds: 0.2}
+budget: {max_accuracy_drop: 1.0}
+stages:
+  - {kind: quantize, mode: dynamic, allow_slower: true}
+"""
+    first = run_recipe(recipe_from_text(text), work_dir=tmp_path / "a")
+    torch.manual_seed(12345)  # whatever the caller's RNG state, the baseline is the same
+    second = run_recipe(recipe_from_text(text), work_dir=tmp_path / "b")
+    assert first.baseline.value == second.baseline.value
+    onnx_a, onnx_b = (next((tmp_path / d).glob("baseline-*/*.onnx")).read_bytes() for d in ("a", "b"))
+    assert onnx_a == onnx_b

@@ -176,6 +176,7 @@ def _baseline(recipe: Recipe, data: Dataset, work: Path, resume: bool, say: Prog
     if resume and directory.is_dir():
         say("baseline: reusing the finished float model")
         return load_state(directory)
+    _seed(recipe.seed)  # a factory's random initial weights are part of the baseline
     handle = load_model(recipe.model)
     if recipe.task is not None:
         handle.task = recipe.task
