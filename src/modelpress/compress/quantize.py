@@ -30,6 +30,7 @@ from modelpress.compress import _qeval as qe
 from modelpress.errors import BackendError, ConfigError, DataError, GateError, SlowerThanBaselineError
 
 if TYPE_CHECKING:
+    from modelpress.compress.sensitivity import Sensitivity
     from modelpress.sources.models import ModelHandle
 
 logger = logging.getLogger(__name__)
@@ -337,10 +338,47 @@ def run_stage(model: Any, params: Mapping[str, Any], *, data: Any = None, out_di
     return quantize(model, parse_config(params), data=data, out_dir=out_dir, train_fn=train_fn, progress=progress)
 
 
-def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, say: Progress,
-         sensitivity: bool) -> QuantizeResult:
-    from modelpress.compress import _precision
+def measure_sensitivity(model: ModelHandle | str | Path, config: StaticConfig | Mapping[str, Any], *, data: Any,
+                        encoding: str | None = None, progress: Progress | None = None) -> Sensitivity:
+    """Rank every quantizable layer by the validation-metric drop when only it is INT8, most sensitive first.
 
+    The per-layer analysis mixed precision runs (:func:`modelpress.compress.sensitivity.analyse`),
+    on its own: a caller that picks layers to leave in float (the pipeline's back-off) ranks
+    once and reuses the ranking.
+
+    Args:
+        model: the float model (a ModelHandle or a model spec).
+        config: a StaticConfig (or QATConfig): its calibration, per_channel, keep_float, ...
+            fix how each layer is quantized and ``val_samples`` how many rows score it.
+        data: a dataset with a calibration (or train) split and a validation split.
+        encoding: the INT8 encoding to quantize with; default ``config.encoding``, or the
+            first the backend runs when that is "auto".
+        progress: called with (stage, fraction done).
+
+    Raises:
+        DataError: no calibration or validation data.
+    """
+    from modelpress.compress.sensitivity import analyse
+
+    cfg = config if isinstance(config, BaseModel) else parse_config(config)
+    if not isinstance(cfg, StaticConfig):
+        raise ConfigError(f"sensitivity is measured with static INT8; got a {cfg.kind} config (pass a StaticConfig)")
+    if encoding is None:
+        supported = [e for e in enc.ENCODINGS if cfg.backend == "onnxruntime" or e.startswith("qdq")]
+        encoding = supported[0] if cfg.encoding == "auto" else cfg.encoding
+    say = progress or (lambda stage, frac: None)
+    work = Path(tempfile.mkdtemp(prefix=".modelpress-sens-"))
+    try:
+        ctx, _, _ = _context(model, cfg, data, work, say)
+        if ctx.ref is None:
+            raise DataError("measuring per-layer sensitivity needs a validation split to score on; the data has none")
+        return analyse(ctx, encoding, plot=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _context(model: Any, cfg: Any, data: Any, work: Path, say: Progress) -> tuple[_Ctx, qe.RunFn, enc.CpuFeatures]:
+    """Load the float model and its calibration / validation feeds; score the float model once."""
     m = _resolve(model, work)
     bad_ops = enc.unsupported_ops(m.onnx_path)
     if bad_ops:
@@ -364,7 +402,15 @@ def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, 
     float_run = qe.load_runner(m.handle, m.onnx_path, cfg.backend, threads=cfg.threads)
     ref = qe.run_all(float_run, val_feeds) if val_feeds else None
     reduce = cpu.reduce_range if getattr(cfg, "reduce_range", "auto") == "auto" else bool(cfg.reduce_range)
-    ctx = _Ctx(m, cfg, work, calib_feeds, val_feeds, labels, ref, reduce, say)
+    return _Ctx(m, cfg, work, calib_feeds, val_feeds, labels, ref, reduce, say), float_run, cpu
+
+
+def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, say: Progress,
+         sensitivity: bool) -> QuantizeResult:
+    from modelpress.compress import _precision
+
+    ctx, float_run, cpu = _context(model, cfg, data, work, say)
+    m, labels, ref, reduce = ctx.m, ctx.labels, ctx.ref, ctx.reduce_range
     if cfg.kind == "dynamic":
         variants = {"dynamic": enc.quantize_dynamic_graph(m.onnx_path, work / "dynamic.onnx", per_channel=cfg.per_channel,
                                                           reduce_range=reduce, nodes_to_exclude=cfg.keep_float)}

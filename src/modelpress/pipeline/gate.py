@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,19 +134,52 @@ def judge(base: Measurement, cand: Measurement, torch_latency: dict[str, Any] | 
     return Verdict(not reasons, drop, speedup, vs_torch, size_ratio, reasons)
 
 
-def backoff(stages: list[dict[str, Any]], done: list[str]) -> tuple[list[dict[str, Any]], str] | None:
+def _more_float(stage: dict[str, Any], report: dict[str, Any] | None) -> bool:
+    """Raise a quantize stage's ``float_layers`` for the next round; False when nothing is left to float.
+
+    The count doubles, starting at 1 — and from what the last round actually left in float
+    beyond the recipe's own ``keep_float`` when that was more (the quantizer's mixed precision
+    may already have floated some of the most sensitive layers; asking for fewer would rebuild
+    the same model).
+    """
+    current = int(stage.get("float_layers") or 0)
+    report = report or {}
+    choice = report.get("float_choice") or {}
+    if choice and len(choice.get("kept") or []) >= int(choice.get("available") or 0):
+        return False  # every quantizable layer is already float
+    by_hand = set(stage.get("keep_float") or ())
+    floated = len(set(report.get("keep_float") or ()) - by_hand)
+    base = max(current, floated)
+    stage["float_layers"] = max(1, 2 * base)
+    if choice.get("available"):
+        stage["float_layers"] = min(stage["float_layers"], int(choice["available"]))
+    return True
+
+
+def backoff(
+    stages: list[dict[str, Any]], done: list[str], *, float_rounds: int = 1, last: Sequence[dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], str] | None:
     """Return the next, gentler stage list and the step taken, or None when nothing is left.
 
-    Steps go in :data:`BACKOFF_ORDER`, each once, skipping those that do not apply:
-    halve every prune ratio (and distillation's student shrink), keep one more
-    compute layer at each end in float, switch static INT8 to QAT.
+    Steps go in :data:`BACKOFF_ORDER`, skipping those that do not apply: halve every
+    prune ratio (and distillation's student shrink), leave more of the most
+    quantization-sensitive layers in float (the quantize stage measures which), switch
+    static INT8 to QAT. Each step is taken once, except ``more_float``, up to
+    ``float_rounds`` times in a row (doubling the count each time).
+
+    Args:
+        done: the steps taken so far (one entry per round); a step found not to apply
+            is appended here until it is used up.
+        last: the last round's stage reports, aligned with ``stages`` (what the
+            quantizer actually left in float); None when the round produced none.
     """
     for step in BACKOFF_ORDER:
-        if step in done:
+        limit = float_rounds if step == "more_float" else 1
+        if done.count(step) >= limit:
             continue
         new = copy.deepcopy(stages)
         changed = False
-        for stage in new:
+        for i, stage in enumerate(new):
             if step == "less_pruning":
                 if stage["kind"] == "prune" and (stage.get("ratio") or 0) > 0.02:
                     stage["ratio"] = round(stage["ratio"] / 2, 4)
@@ -154,12 +188,12 @@ def backoff(stages: list[dict[str, Any]], done: list[str]) -> tuple[list[dict[st
                     stage["student_ratio"] = round(stage["student_ratio"] / 2, 4)
                     changed = True
             elif step == "more_float" and stage["kind"] == "quantize" and stage.get("mode") in _INT8:
-                stage["float_layers"] = int(stage.get("float_layers", 0)) + 1
-                changed = True
+                report = last[i] if last is not None and i < len(last) else None
+                changed = _more_float(stage, report) or changed
             elif step == "qat" and stage["kind"] == "quantize" and stage.get("mode") == "static":
                 stage["mode"] = "qat"
                 changed = True
         if changed:
             return new, step
-        done.append(step)
+        done.extend([step] * (limit - done.count(step)))
     return None

@@ -59,11 +59,14 @@ class Gate(_Strict):
     Attributes:
         max_rounds: back-off rounds after the first attempt (less pruning → more
             layers in float → QAT instead of PTQ).
+        float_rounds: how many of those rounds the "more layers in float" step may
+            take in a row; each doubles the number of most-sensitive layers left in float.
         bench_seconds: time budget of the side-by-side latency measurement.
         eval_samples: score on the first N rows of the evaluation split (None: all).
     """
 
     max_rounds: int = Field(3, ge=0, le=10)
+    float_rounds: int = Field(1, ge=1, le=10)
     bench_seconds: float = Field(8.0, gt=0)
     eval_samples: int | None = Field(None, ge=10)
 

@@ -78,7 +78,7 @@ def prune_plot(layers: list[dict[str, Any]]) -> str:
 
 def sensitivity_plot(sens: dict[str, Any]) -> str:
     """Metric drop caused by quantizing each layer alone."""
-    layers = sens.get("layers") or []
+    layers = (sens.get("layers") or [])[:40]  # most sensitive first; a long tail of ~0 says nothing
     if not layers:
         return ""
     fig, ax = _figure(7, 0.5 + 0.3 * len(layers))
@@ -103,16 +103,52 @@ def pareto_plot(points: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def _stage_reports(manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def _stage_reports(manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Pruned layers, the sensitivity analysis, and the quantize stages' float-layer blocks."""
     layers: list[dict[str, Any]] = []
     sens = None
+    floats: list[dict[str, Any]] = []
     for stage in manifest.get("lineage", {}).get("stages", []):
         report = stage.get("report") or {}
         if stage["kind"] == "prune":
             layers += [x for x in report.get("layers", []) if isinstance(x, dict) and "kept" in x]
         if stage["kind"] == "quantize":
-            sens = (report.get("details") or {}).get("sensitivity") or sens
-    return layers, sens
+            # the verb's report has its details at the top level; older manifests nest them
+            choice = report.get("float_choice")
+            sens = report.get("sensitivity") or (report.get("details") or {}).get("sensitivity") or sens
+            if sens is None and choice:
+                sens = {"metric": choice.get("metric"), "layers": choice.get("ranking") or []}
+            if choice or report.get("keep_float"):
+                floats.append({"choice": choice or {}, "keep_float": report.get("keep_float") or [],
+                               "mixed": (report.get("mixed_precision") or {}).get("keep_float") or [],
+                               "by_hand": (stage.get("config") or {}).get("keep_float") or []})
+    return layers, sens, floats
+
+
+def float_table(floats: list[dict[str, Any]]) -> str:
+    """The layers the artifact leaves in float, each with why (measured sensitivity, recipe, mixed precision)."""
+    rows = []
+    for block in floats:
+        choice = block["choice"]
+        picked = {layer["node"]: layer for layer in choice.get("kept") or []}
+        total = len(choice.get("ranking") or [])
+        for node in block["keep_float"]:
+            if node in picked:
+                layer = picked[node]
+                why = f"float_layers={choice.get('requested')}: rank {layer['rank']} of {total} by measured sensitivity"
+                delta = _fmt(layer["delta"] * 100, 2)
+            elif node in block["by_hand"]:
+                why, delta = "keep_float in the recipe", "–"
+            elif node in block["mixed"]:
+                why, delta = "the quantizer's mixed precision (to meet its accuracy budget)", "–"
+            else:
+                why, delta = "kept float by the quantizer", "–"
+            rows.append(f"<tr><td><code>{html.escape(node)}</code></td><td>{delta}</td><td>{html.escape(why)}</td></tr>")
+    if not rows:
+        return ""
+    metric = next((b["choice"].get("metric") for b in floats if b["choice"].get("metric")), "metric")
+    return (f"<table><tr><th>layer</th><th>{html.escape(str(metric))} drop (points) when only it is INT8</th><th>why it is float</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def render_report(manifest: dict[str, Any], search: dict[str, Any] | None = None) -> str:
@@ -141,11 +177,13 @@ def render_report(manifest: dict[str, Any], search: dict[str, Any] | None = None
     parts += [f"<tr><td>{a}</td><td>{b}</td><td>{c}</td><td>{d}</td></tr>" for a, b, c, d in rows]
     parts.append("</table>")
     parts.append("<h2>Latency distributions</h2>" + latency_plot({"float (target)": b_lat, "float (PyTorch eager)": torch_lat, "artifact (target)": a_lat}))
-    layers, sens = _stage_reports(manifest)
+    layers, sens, floats = _stage_reports(manifest)
     if layers:
         parts.append("<h2>Pruning: channels kept per layer</h2>" + prune_plot(layers))
     if sens:
         parts.append("<h2>Per-layer quantization sensitivity</h2>" + sensitivity_plot(sens))
+    if table := float_table(floats):
+        parts.append("<h2>Layers left in float</h2>" + table)
     if search and search.get("points"):
         parts.append("<h2>Search: Pareto front</h2>" + pareto_plot(search["points"]))
         parts.append("<table><tr><th>config</th><th>metric</th><th>p50 ms</th><th>MB</th><th>front</th></tr>")
@@ -157,7 +195,9 @@ def render_report(manifest: dict[str, Any], search: dict[str, Any] | None = None
         for r in rounds:
             v = r.get("verdict") or {}
             res = r.get("error") or ("passed" if v.get("passed") else "; ".join(v.get("reasons", [])))
-            stages = ", ".join(f"{s['kind']}" + (f" {s['config'].get('ratio')}" if s["kind"] == "prune" else "") + (f" {s['config'].get('mode')}" if s["kind"] == "quantize" else "") for s in r.get("stages", []))
+            stages = ", ".join(f"{s['kind']}" + (f" {s['config'].get('ratio')}" if s["kind"] == "prune" else "") + (f" {s['config'].get('mode')}" if s["kind"] == "quantize" else "")
+                               + (f", {s['config']['float_layers']} most sensitive float" if s["kind"] == "quantize" and s["config"].get("float_layers") else "")
+                               for s in r.get("stages", []))
             parts.append(f"<tr><td>{r['index'] + 1}</td><td>{html.escape(str(r.get('backoff_step') or '–'))}</td><td>{html.escape(stages)}</td><td>{html.escape(res)}</td></tr>")
         parts.append("</table>")
     env = manifest.get("environment", {})

@@ -4,6 +4,7 @@ Run directory layout (``--work-dir``, default ``runs/<recipe name>/``)::
 
     baseline-<hash>/          the float model, exported (an artifact dir)
     stages/<i>-<kind>-<hash>/ one finished stage each, written atomically
+    cache/                    what stages measured once per input model (sensitivity rankings)
     scratch/                  stage temporaries (removed when a stage finishes)
     result.json               the last run's rounds and verdict
 
@@ -218,7 +219,7 @@ def run_stages(
     handle = base
     records: list[StageRecord] = []
     for i, config in enumerate(stages):
-        key = stable_hash({"parent": key, "stage": config})
+        parent, key = key, stable_hash({"parent": key, "stage": config})
         kind = config["kind"]
         directory = work / "stages" / f"{i}-{kind}-{key[:12]}"
         started = time.perf_counter()
@@ -231,7 +232,8 @@ def run_stages(
         scratch = work / "scratch" / f"{i}-{kind}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        ctx = StageContext(data=data, target=recipe.target, budget=recipe.budget, seed=recipe.seed + i, work_dir=scratch, teacher=base, progress=say, export=recipe.export)
+        ctx = StageContext(data=data, target=recipe.target, budget=recipe.budget, seed=recipe.seed + i, work_dir=scratch, teacher=base, progress=say,
+                           export=recipe.export, cache_dir=work / "cache", input_key=parent)
         _seed(recipe.seed + i)
         out = get_stage(kind).run(handle, config, ctx)
         save_state(directory, out.handle, out.report, key)
@@ -316,7 +318,7 @@ def run_recipe(
             say(f"round {r + 1}: passed")
             break
         say(f"round {r + 1}: failed: {rnd.error or '; '.join(rnd.verdict.reasons)}")  # type: ignore[union-attr]
-        nxt = backoff(stages, done_steps)
+        nxt = backoff(stages, done_steps, float_rounds=recipe.gate.float_rounds, last=[s.report for s in rnd.stages] or None)
         if nxt is None:
             say("no back-off step left")
             break

@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class StageContext:
     teacher: ModelHandle | None = None  # the float baseline (distillation's teacher)
     export: dict[str, Any] = field(default_factory=dict)  # ExportConfig fields for implicit exports
     progress: Callable[[str], None] = field(default=lambda _msg: None)
+    # a run-wide cache (kept across back-off rounds and --resume) and the hash of the model this
+    # stage receives; a stage may cache what it measured on that model there ("" / None: no cache)
+    cache_dir: Path | None = None
+    input_key: str = ""
 
 
 @dataclass
@@ -233,19 +238,73 @@ class DistillStage:
 class _QuantOwn(_Fields):
     mode: Literal["dynamic", "static", "qat", "fp16", "bf16", "fastest"] = "static"
     candidates: list[Literal["dynamic", "static", "qat", "fp16", "bf16"]] = Field(default_factory=lambda: ["static", "fp16", "bf16"])
-    float_layers: int = Field(0, ge=0, description="keep this many compute layers at each end of the graph in float")
+    float_layers: int = Field(0, ge=0, description=(
+        "leave this many layers in float: those whose INT8 quantization costs the most on the validation split, "
+        "measured per layer (the back-off's more_float step raises it)"))
     sensitivity: bool = Field(False, description="also measure per-layer sensitivity (plotted in report.html)")
 
 
 _PRECISION = {"dynamic": "int8", "static": "int8", "qat": "int8", "fp16": "fp16", "bf16": "bf16"}
 
 
-def compute_nodes(onnx_path: Path) -> list[str]:
-    """Names of the Conv / Gemm / MatMul nodes in graph order."""
-    import onnx
+_RANKING_FIELDS = ("backend", "calibration", "percentile", "samples", "per_channel", "activation_symmetric",
+                   "encoding", "reduce_range", "keep_float", "preprocess", "val_samples", "seed")
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.name]
+
+def sensitivity_ranking(handle: ModelHandle, mode: str, rest: dict[str, Any], ctx: StageContext) -> tuple[dict[str, Any], bool]:
+    """Rank ``handle``'s layers by measured INT8 sensitivity; cached per input model in the run.
+
+    The ranking is :func:`modelpress.compress.quantize.measure_sensitivity` (the per-layer
+    analysis mixed precision uses): each layer quantized alone with static INT8 and the
+    validation metric's drop measured. QAT ranks with its static settings; dynamic ranks with
+    static INT8 on the graph it quantizes (no pre-processing, so node names match) — a proxy,
+    since dynamic also leaves activations float.
+
+    Returns:
+        The ranking (``Sensitivity.to_dict()``) and whether it came from the cache.
+    """
+    from modelpress.pipeline.recipe import stable_hash
+
+    verb = _import_verb("modelpress.compress.quantize", "quantize")
+    fields = {k: v for k, v in rest.items() if k in _RANKING_FIELDS}
+    if mode == "dynamic":
+        fields["preprocess"] = False
+    cfg = QuantizeStage()._verb_config("static", {**fields, "mixed_precision": False}, ctx)
+    key = stable_hash({"input": ctx.input_key, "ranking": cfg.model_dump(mode="json", include=set(_RANKING_FIELDS))})
+    path = ctx.cache_dir / f"sensitivity-{key[:16]}.json" if ctx.cache_dir is not None and ctx.input_key else None
+    if path is not None and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            ctx.progress("quantize: reusing this run's per-layer sensitivity ranking")
+            return cached["sensitivity"], True
+    ctx.progress("quantize: measuring per-layer sensitivity to pick the layers to leave in float")
+    sens = verb.measure_sensitivity(handle, cfg, data=ctx.data).to_dict()  # type: ignore[attr-defined]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "sensitivity": sens}, indent=1))
+        os.replace(tmp, path)  # a killed run leaves no half-written ranking
+    return sens, False
+
+
+def most_sensitive(sensitivity: dict[str, Any], count: int, already_float: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Pick the ``count`` most sensitive layers not already in float; say why each was picked.
+
+    Returns:
+        The report block: policy, count asked, each kept layer with its rank and measured
+        ``delta`` (the metric drop when only that layer is INT8), and the whole ranking.
+    """
+    skip = set(already_float)
+    ranked = [layer for layer in sensitivity["layers"] if layer["node"] not in skip]
+    rank = {layer["node"]: i + 1 for i, layer in enumerate(sensitivity["layers"])}
+    kept = [{**layer, "rank": rank[layer["node"]]} for layer in ranked[:count]]
+    if count > len(ranked):
+        log.warning("float_layers=%d but only %d quantizable layers are left to keep in float", count, len(ranked))
+    return {
+        "policy": "most_sensitive", "requested": count, "available": len(ranked), "kept": kept,
+        "metric": sensitivity.get("metric"), "encoding": sensitivity.get("encoding"), "reference": sensitivity.get("reference"),
+        "ranking": sensitivity["layers"],
+    }
 
 
 class QuantizeStage:
@@ -284,40 +343,48 @@ class QuantizeStage:
             self._verb_config(mode, rest, None)
         return {"kind": self.kind, **own.model_dump(), **rest}
 
-    def _one(self, handle: ModelHandle, mode: str, rest: dict[str, Any], own: _QuantOwn, ctx: StageContext, out: Path) -> tuple[ModelHandle, Any]:
+    def _float_choice(self, handle: ModelHandle, mode: str, rest: dict[str, Any], own: _QuantOwn, ctx: StageContext) -> dict[str, Any] | None:
+        """Which layers ``float_layers`` leaves in float (the most sensitive, measured), and why."""
+        if not own.float_layers or mode not in ("dynamic", "static", "qat"):
+            return None
+        sens, cached = sensitivity_ranking(handle, mode, rest, ctx)
+        return {**most_sensitive(sens, own.float_layers, rest.get("keep_float", ())), "cached": cached}
+
+    def _one(self, handle: ModelHandle, mode: str, rest: dict[str, Any], own: _QuantOwn, ctx: StageContext, out: Path) -> tuple[ModelHandle, Any, dict[str, Any] | None]:
         verb = _import_verb("modelpress.compress.quantize", self.kind)
-        rest, float_layers = dict(rest), own.float_layers
-        if float_layers and mode in ("dynamic", "static", "qat"):
-            nodes = compute_nodes(handle.onnx_path)  # type: ignore[arg-type]
-            keep = nodes[:float_layers] + nodes[-float_layers:] if len(nodes) > 2 * float_layers else nodes
-            rest["keep_float"] = sorted(set(rest.get("keep_float", [])) | set(keep))
+        rest = dict(rest)
+        choice = self._float_choice(handle, mode, rest, own, ctx)
+        if choice is not None:
+            rest["keep_float"] = list(rest.get("keep_float", [])) + [layer["node"] for layer in choice["kept"]]
         cfg = self._verb_config(mode, rest, ctx)
         result = verb.quantize(handle, cfg, data=ctx.data, out_dir=out, sensitivity=own.sensitivity and mode in ("static", "qat"))
-        return handle.with_onnx(Path(result.onnx_path), precision=_PRECISION[mode]), result
+        return handle.with_onnx(Path(result.onnx_path), precision=_PRECISION[mode]), result, choice
 
     def run(self, handle: ModelHandle, config: dict[str, Any], ctx: StageContext) -> StageOutput:
         own, rest = _split(config, _QuantOwn)
         handle = ensure_onnx(handle, ctx.work_dir / "float.onnx", ctx.export)
         if own.mode != "fastest":
-            new, result = self._one(handle, own.mode, rest, own, ctx, ctx.work_dir / own.mode)
+            new, result, choice = self._one(handle, own.mode, rest, own, ctx, ctx.work_dir / own.mode)
             verb_report = jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
-            return StageOutput(new, {**verb_report, "encoding": verb_report.get("chosen"), "mode": own.mode, "float_layers": own.float_layers})
+            return StageOutput(new, {**verb_report, "encoding": verb_report.get("chosen"), "mode": own.mode, "float_layers": own.float_layers,
+                                     "float_choice": choice})
         tried: list[dict[str, Any]] = []
-        best: tuple[float, ModelHandle, Any, str] | None = None
+        best: tuple[float, ModelHandle, Any, str, dict[str, Any] | None] | None = None
         for mode in own.candidates:
             try:
-                new, result = self._one(handle, mode, rest, own, ctx, ctx.work_dir / mode)
+                new, result, choice = self._one(handle, mode, rest, own, ctx, ctx.work_dir / mode)
             except (GateError, ConfigError, RuntimeError, ImportError) as err:  # one candidate failing is a measurement, not an error
                 tried.append({"mode": mode, "error": str(err)})
                 continue
             tried.append({"mode": mode, "latency_ms": result.quant_ms, "metric": result.quant_metric})
             if best is None or result.quant_ms < best[0]:
-                best = (result.quant_ms, new, result, mode)
+                best = (result.quant_ms, new, result, mode, choice)
         if best is None:
             raise GateError(f"quantize (fastest): no candidate worked: {tried}")
         verb_report = jsonable(best[2].to_dict())
         # the verb's own "chosen" is the encoding (qdq-u8, fp16, ...); ours is the mode
-        return StageOutput(best[1], {**verb_report, "encoding": verb_report.get("chosen"), "mode": "fastest", "chosen": best[3], "candidates": tried})
+        return StageOutput(best[1], {**verb_report, "encoding": verb_report.get("chosen"), "mode": "fastest", "chosen": best[3], "candidates": tried,
+                                     "float_layers": own.float_layers, "float_choice": best[4]})
 
 
 # --------------------------------------------------------------------------- export

@@ -57,6 +57,55 @@ def trained_digits_linear() -> nn.Module:
     return copy.deepcopy(_trained())
 
 
+class OutlierMLP(nn.Module):
+    """Three Linear layers on the digit pixels as one 64-wide token; input (N, 1, 8, 8).
+
+    The pixels are one token (N, 1, 64), as in a transformer, so each Linear exports as
+    MatMul + Add rather than Gemm. (ONNX Runtime >= 1.21 re-quantizes, at session load, a
+    float Gemm / Conv whose input comes from a DequantizeLinear — its WeightBiasQuantization
+    pass — so a Gemm left in float between INT8 neighbours does not stay float; a MatMul does.)
+    """
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(x.reshape(x.shape[0], 1, 64)))
+        return self.fc3(torch.relu(self.fc2(x))).flatten(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _outlier() -> OutlierMLP:
+    from modelpress.sources.data import load_data
+
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = OutlierMLP()
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        # Unit 0 of fc1 is always exactly 0 (zero weights and bias: no pre-activation for INT8 to
+        # get wrong), so fc2's weights from it never matter in float; make them 100x the largest
+        # weight: per-channel INT8 of fc2 then rounds every other weight of fc2 to zero. The middle
+        # layer is the sensitive one, by construction.
+        model.fc1.weight[0] = 0
+        model.fc1.bias[0] = 0
+        model.fc2.weight[:, 0] = 100 * model.fc2.weight.abs().max()
+    return model.eval()
+
+
+def outlier_mlp() -> nn.Module:
+    """A trained 3-layer MLP whose *middle* layer INT8 ruins (neither the first nor the last)."""
+    return copy.deepcopy(_outlier())
+
+
 class _Cfg(BaseModel):
     # the search adds fields the real verbs take (method, allow_slower, ...); the fakes ignore them
     model_config = ConfigDict(extra="ignore")

@@ -60,3 +60,21 @@ def test_stage_state_round_trips_without_onnx(tmp_path):
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded.module(x), handle.module(x))
+
+
+def test_report_shows_which_layers_are_float_and_why():
+    ranking = [{"node": "/fc2/MatMul", "delta": 0.7685}, {"node": "/fc1/MatMul", "delta": 0.0}, {"node": "/fc3/MatMul", "delta": -0.0028}]
+    quant = {"kind": "quantize", "config": {"mode": "static", "float_layers": 1, "keep_float": ["/head/MatMul"]},
+             "report": {"keep_float": ["/head/MatMul", "/fc2/MatMul", "/fc4/MatMul"], "mixed_precision": {"keep_float": ["/fc4/MatMul"]},
+                        "float_choice": {"policy": "most_sensitive", "requested": 1, "available": 3, "metric": "accuracy", "ranking": ranking,
+                                         "kept": [{"node": "/fc2/MatMul", "delta": 0.7685, "rank": 1}]}}}
+    manifest = {**MANIFEST, "lineage": {"stages": [quant]},
+                "gate_rounds": [{"index": 1, "backoff_step": "more_float", "stages": [quant], "verdict": {"passed": True}}]}
+    html = render_report(manifest)
+    assert "Layers left in float" in html and "accuracy drop (points) when only it is INT8" in html
+    assert "<td><code>/fc2/MatMul</code></td><td>76.85</td><td>float_layers=1: rank 1 of 3 by measured sensitivity</td>" in html
+    assert "<td><code>/head/MatMul</code></td><td>–</td><td>keep_float in the recipe</td>" in html
+    assert "/fc4/MatMul</code></td><td>–</td><td>the quantizer&#x27;s mixed precision" in html
+    assert "quantize static, 1 most sensitive float" in html  # the gate round names the step's count
+    # the ranking is plotted even without `sensitivity: true` (the verb's details sit at the report's top level)
+    assert "Per-layer quantization sensitivity" in html and len(re.findall(r'src="data:image/png;base64,', html)) == 2
