@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 
 Encoding = Literal["qdq-u8", "qdq-s8", "qop-u8", "qop-s8"]
 ENCODINGS: tuple[Encoding, ...] = ("qdq-u8", "qdq-s8", "qop-u8", "qop-s8")
+
+
+def with_float_layers(encoding: str) -> Encoding:
+    """Return the encoding that can keep layers in float: the QDQ form with the same activation type.
+
+    In the operator form a float layer after an INT8 one reads a tensor dequantized from a
+    QLinearConv/QGemm output: no float tensor exists to feed it, and ONNX Runtime >= 1.21
+    re-quantizes such a layer at session load (see :func:`float_layers_read_float`).
+    """
+    return f"qdq-{encoding.split('-')[1]}"  # type: ignore[return-value]
 CalibrationName = Literal["minmax", "percentile", "entropy"]
 
 
@@ -198,7 +208,155 @@ def quantize_static_encoding(
             extra_options=extra,
             calibration_cache_path=str(cache),
         )
+    float_layers_read_float(dst, src)
     return dst
+
+
+# Layers with weights that ONNX Runtime's WeightBiasQuantization pass re-quantizes at session load.
+_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Activations the QDQ quantizer drops in front of a Q whose zero point already clamps (Relu / Clip).
+_REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
+
+
+def float_layers_read_float(path: Path, source: Path) -> list[str]:
+    """Rewrite ``path`` in place so every layer the quantizer left in float reads float activations.
+
+    The quantizer feeds a float layer that sits after an INT8 one ``DequantizeLinear(QuantizeLinear(x))``.
+    ONNX Runtime >= 1.21 (its ``WeightBiasQuantization`` pass) quantizes, at session load, the float
+    weight of any Conv/ConvTranspose/Gemm whose input comes from a DequantizeLinear (>= 1.22: and whose
+    output reaches a QuantizeLinear, after a Relu it fuses away), per tensor, to INT8: a layer kept in
+    float then runs as QLinearConv/QGemm anyway, in this process and in every deployment of the
+    artifact. Feeding such a layer ``x`` itself keeps it float for any runtime. The Q/DQ pair stays
+    for its other consumers and is removed when none is left.
+
+    A layer is "left in float" when its weight (input 1) is a plain initializer, not a DequantizeLinear.
+    When the quantizer removed a Relu/Clip in front of the Q (the Q's range clamps the same way),
+    ``x`` lacks it; a copy of that activation from ``source`` is put back for the float layer.
+
+    Args:
+        path: the quantized graph (rewritten in place when anything changes).
+        source: the graph it was quantized from (to find removed activations).
+
+    Returns:
+        the names of the layers rewired.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    kept = [n for n in g.node if n.op_type in _WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits]
+    if not kept:
+        return []
+    src = onnx.load(str(source), load_external_data=False).graph
+    src_producer = {o: n for n in src.node for o in n.output}
+    src_inits = {t.name: t for t in src.initializer}
+    restored: dict[str, str | None] = {}  # float tensor -> the re-applied activation's output
+    rewired = []
+    for node in kept:
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+                continue  # not dequantized, or a constant (a bias shared with an INT8 layer)
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                # The operator form: a QLinearConv/QGemm wrote the INT8 tensor; no float one exists.
+                logger.warning("float layer %s reads %s, dequantized from %s: there is no float tensor to feed "
+                               "it, and ONNX Runtime >= 1.21 may run it in INT8; use a qdq encoding to keep it float",
+                               node.name, name, q.op_type if q is not None else "a graph input")
+                continue
+            x = q.input[0]
+            was, now = src_producer.get(x), producer.get(x)
+            if (was is None) != (now is None):
+                logger.warning("float layer %s: input %s has no counterpart in the float graph; left as is",
+                               node.name, x)
+                continue
+            if was is not None and now is not None and was.op_type != now.op_type:
+                if was.op_type not in _REMOVABLE_ACTIVATIONS:
+                    logger.warning("float layer %s: %s is made by %s here but by %s in the float graph; left as is",
+                                   node.name, x, now.op_type, was.op_type)
+                    continue
+                if x not in restored:
+                    restored[x] = _reapply(g, was, x, inits, src_inits)
+                if restored[x] is None:
+                    logger.warning("float layer %s: cannot re-apply the %s the quantizer removed; left as is",
+                                   node.name, was.op_type)
+                    continue
+                x = restored[x]
+            node.input[i] = x
+            rewired.append(node.name)
+    if rewired:
+        _drop_unused_qdq(g)
+        if restored:
+            _topological_sort(g)
+        onnx.save(model, str(path))
+        logger.info("float layers fed float activations (not INT8-rounded ones): %s", sorted(set(rewired)))
+    return sorted(set(rewired))
+
+
+def _reapply(g, activation, x: str, inits: dict, src_inits: dict) -> str | None:
+    """Append a copy of ``activation`` (removed by the quantizer) applied to ``x``; return its output."""
+    import onnx
+
+    out = f"{x}_float"
+    extra = list(activation.input[1:])
+    made = {o for n in g.node for o in n.output}
+    for name in extra:  # Clip's min / max
+        if name and name not in inits and name not in made:
+            if name not in src_inits:
+                return None
+            g.initializer.append(src_inits[name])
+            inits[name] = src_inits[name]
+    node = onnx.helper.make_node(activation.op_type, [x, *extra], [out], name=f"{activation.name}_float")
+    node.attribute.extend(activation.attribute)
+    g.node.append(node)
+    return out
+
+
+def _drop_unused_qdq(g) -> None:
+    """Remove Q/DQ nodes whose output nobody reads any more (and their orphaned initializers)."""
+    outputs = {o.name for o in g.output}
+    params: set[str] = set()
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            params.update(n.input[1:])
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input} | outputs
+    for t in [t for t in g.initializer if t.name in params and t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _topological_sort(g) -> None:
+    """Reorder ``g.node`` so that every node comes after the producers of its inputs."""
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a missing input: keep the rest as they were
+            ordered += rest
+            break
+        pending = rest
+    import onnx
+
+    nodes = []
+    for n in ordered:  # copies: the originals are owned by the field cleared below
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        nodes.append(c)
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def quantize_dynamic_graph(

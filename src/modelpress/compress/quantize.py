@@ -435,7 +435,7 @@ def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, 
         mp = mixed_precision(ctx, best.name)
         details["mixed_precision"] = mp.to_dict()
         if mp.path is not None:
-            name = f"{best.name}+float{len(mp.keep_float)}"
+            name = f"{mp.encoding}+float{len(mp.keep_float)}"
             variants[name] = mp.path
             keep = keep + mp.keep_float
             more, _, _ = _measure(ctx, float_run, {name: mp.path})

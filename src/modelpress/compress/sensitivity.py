@@ -47,10 +47,13 @@ def analyse(ctx: _Ctx, encoding: str, *, mode: Literal["only-quantized", "only-f
     """Measure every quantizable layer's effect on the validation metric.
 
     Args:
-        encoding: the INT8 encoding to quantize with ("qdq-u8", ...).
+        encoding: the INT8 encoding to quantize with ("qdq-u8", ...); with "only-float", an
+            operator-form one is replaced by its QDQ form (the one that keeps a layer float).
         mode: quantize only this layer, or quantize all but this layer.
         plot: draw a bar chart to ``work/sensitivity.png``.
     """
+    if mode == "only-float":
+        encoding = enc.with_float_layers(encoding)
     nodes = enc.quantizable_nodes(ctx.source)
     full = ctx.quality(ctx.build(encoding, "sens-full")) if mode == "only-float" else None
     layers = []
@@ -99,9 +102,11 @@ class MixedPrecision:
     path: Path | None
     tried: list[dict[str, Any]] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)
+    encoding: str = "qdq-u8"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep_float": self.keep_float, "met_budget": self.path is not None, "tried": self.tried,
+        return {"keep_float": self.keep_float, "met_budget": self.path is not None, "encoding": self.encoding,
+                "tried": self.tried,
                 "ranking": [{"node": n, "delta": d} for n, d in self.ranking]}
 
 
@@ -109,8 +114,11 @@ def mixed_precision(ctx: _Ctx, encoding: str) -> MixedPrecision:
     """Keep the fewest most-sensitive layers in float so that the drop fits the budget.
 
     Ranks layers by :func:`analyse`, then grows the float set by doubling and
-    bisects back to the smallest count that meets ``max_accuracy_drop``.
+    bisects back to the smallest count that meets ``max_accuracy_drop``. An operator-form
+    ``encoding`` is replaced by its QDQ form, the one that can keep a layer float
+    (:func:`modelpress.compress._encodings.with_float_layers`).
     """
+    encoding = enc.with_float_layers(encoding)
     sens = analyse(ctx, encoding, plot=True)
     ranking = sens.ranking
     budget = ctx.cfg.max_accuracy_drop
@@ -136,7 +144,7 @@ def mixed_precision(ctx: _Ctx, encoding: str) -> MixedPrecision:
     if hi is None and ranking and attempt(len(ranking)):
         hi = len(ranking)
     if hi is None:
-        return MixedPrecision([], None, tried, sens.layers)
+        return MixedPrecision([], None, tried, sens.layers, encoding)
     while hi - lo > 1:  # smallest passing count in (lo, hi]
         mid = (lo + hi) // 2
         if attempt(mid):
@@ -144,4 +152,4 @@ def mixed_precision(ctx: _Ctx, encoding: str) -> MixedPrecision:
         else:
             lo = mid
     logger.info("mixed precision: %d of %d layers kept in float", hi, len(ranking))
-    return MixedPrecision(ranking[:hi], cache[hi][1], tried, sens.layers)
+    return MixedPrecision(ranking[:hi], cache[hi][1], tried, sens.layers, encoding)
