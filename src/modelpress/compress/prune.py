@@ -296,8 +296,8 @@ def prune_(
             used to trace couplings and count MACs.
         data: (x, y) batches for Taylor importance (the first ``taylor_batches`` are used).
         finetune: called after each pruning step; trains the model and returns the
-            validation metric (``make_finetune`` builds a plain loop; the training
-            engine plugs in here).
+            validation metric (``make_finetune`` builds one on the training engine,
+            ``modelpress.train.finetune_``).
         evaluate: returns the validation metric without training; recorded per step.
         loss_fn: loss for Taylor gradients; cross-entropy on the first output by default.
         progress: called with one line of text per step or search trial.
@@ -574,7 +574,7 @@ def prune_model(
         handle: a model with a torch module (ONNX-only models cannot be pruned).
         config: what to prune.
         data: labelled data, used for Taylor gradients, per-step accuracy, and fine-tuning.
-        finetune_epochs: epochs of the plain fine-tuning loop after each step (0: none).
+        finetune_epochs: epochs of recovery fine-tuning (``make_finetune``) after each step (0: none).
         batch_size: batch size for gradients, fine-tuning and evaluation.
         max_batches: cap on training batches per epoch (keeps a CLI run short).
         progress: called with one line of text per step.

@@ -150,7 +150,7 @@ class FinetuneStage:
 
 class _PruneOwn(_Fields):
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    finetune_epochs: int = Field(0, ge=0, description="plain fine-tuning epochs after each pruning step")
+    finetune_epochs: int = Field(0, ge=0, description="recovery fine-tuning epochs (the training engine) after each pruning step")
 
 
 class PruneStage:

@@ -24,15 +24,17 @@ def _convs() -> nn.Module:
 def test_latency_budget_is_met_by_measurement():
     model = _convs()
     x = torch.randn(1, 3, 64, 64)  # large enough that per-layer overhead does not dominate
-    baseline = min(torch_latency_ms(model, x, reps=15, statistic="min") for _ in range(3))
+    # one thread: on a shared machine a descheduled second thread stalls every parallel region
+    baseline = min(torch_latency_ms(model, x, threads=1, reps=15, statistic="min") for _ in range(3))
     budget = 0.6 * baseline
-    report = prune_(model, PruneConfig(target=LatencyTarget(max_ms=budget, reps=15, statistic="min"), round_to=8), example_inputs=x)
+    report = prune_(model, PruneConfig(target=LatencyTarget(max_ms=budget, threads=1, reps=15, statistic="min"), round_to=8),
+                    example_inputs=x)
     assert 0 < report.ratio <= 0.8
     assert report.macs_after < 0.8 * report.macs_before
     assert report.latency_ms_before is not None and report.latency_ms_after is not None
     assert [r for r, _ in report.search][0] == 0.8  # the search starts from its upper bound
     # a shared, noisy machine only ever adds time: re-measure (best of several tries) before judging
-    best = min(torch_latency_ms(model, x, reps=15, statistic="min") for _ in range(3))
+    best = min(torch_latency_ms(model, x, threads=1, reps=15, statistic="min") for _ in range(3))
     assert best <= 1.2 * budget
     assert all(w % 8 == 0 for w in (model[0].out_channels, model[3].out_channels, model[6].out_channels))
     assert model(x).shape == (1, 10)
@@ -65,9 +67,10 @@ def test_latency_target_search_with_a_deterministic_clock(monkeypatch):
 def test_latency_budget_on_onnxruntime_is_met_by_measurement():
     model = _convs()
     x = torch.randn(1, 3, 64, 64)
-    baseline = min(backend_latency_ms(model, x, backend="onnxruntime", reps=15, statistic="min") for _ in range(3))
+    # one thread: on a shared machine a descheduled second thread stalls every parallel region
+    baseline = min(backend_latency_ms(model, x, backend="onnxruntime", threads=1, reps=30, statistic="min") for _ in range(3))
     budget = 0.7 * baseline
-    target = LatencyTarget(max_ms=budget, backend="onnxruntime", threads=2, reps=15, statistic="min")
+    target = LatencyTarget(max_ms=budget, backend="onnxruntime", threads=1, reps=30, statistic="min")
     report = prune_(model, PruneConfig(target=target, round_to=8), example_inputs=x)
     assert report.latency_backend == "onnxruntime"
     assert 0 < report.ratio <= 0.8 and report.macs_after < report.macs_before
