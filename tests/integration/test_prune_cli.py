@@ -21,7 +21,8 @@ def test_help_has_an_example_and_kebab_case_flags():
     result = run("--help")
     assert result.returncode == 0
     assert "modelpress prune torchvision:resnet18 --ratio 0.5" in result.stdout
-    for flag in ("--round-to", "--head-ratio", "--macs-fraction", "--latency-ms", "--finetune-epochs", "--json"):
+    assert "--latency-backend onnxruntime" in result.stdout
+    for flag in ("--round-to", "--head-ratio", "--macs-fraction", "--latency-ms", "--latency-backend", "--finetune-epochs", "--json"):
         assert flag in result.stdout
 
 
@@ -56,6 +57,7 @@ def test_prune_writes_a_reloadable_artifact(tmp_path: Path):
         (("--ratio", "0.5", "--macs-fraction", "0.5"), "give one target"),
         (("--method", "unstructured"), "--sparsity"),
         (("--method", "magic"), "--method: unknown value"),
+        (("--latency-ms", "5", "--latency-backend", "tensorrt"), "`target.backend` of prune: Input should be 'torch', 'onnxruntime' or 'openvino'; got 'tensorrt'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args, needle):

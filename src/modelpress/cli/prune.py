@@ -16,7 +16,8 @@ def prune(
     ratio: float = typer.Option(None, "--ratio", help="Fraction of channels (or FFN width) to remove, in [0, 1). Default 0.5."),
     macs_fraction: float = typer.Option(None, "--macs-fraction", help="Target: keep at most this fraction of the MACs (searches the ratio)."),
     max_macs: float = typer.Option(None, "--max-macs", help="Target: at most this many MACs per sample (searches the ratio)."),
-    latency_ms: float = typer.Option(None, "--latency-ms", help="Target: measured torch latency at batch 1 in ms (searches the ratio)."),
+    latency_ms: float = typer.Option(None, "--latency-ms", help="Target: measured latency at batch 1 in ms on --latency-backend (searches the ratio)."),
+    latency_backend: str = typer.Option("torch", "--latency-backend", help="Where --latency-ms is measured: torch (eager), onnxruntime or openvino (each candidate exported to ONNX and timed there)."),
     importance: str = typer.Option("l1", "--importance", help="l1, l2, bn-gamma, taylor (needs --data) or random."),
     scope: str = typer.Option("per-layer", "--scope", help="Rank channels per-layer or global."),
     round_to: str = typer.Option(None, "--round-to", help="Keep channel counts a multiple of N (e.g. 8), or auto."),
@@ -34,6 +35,8 @@ def prune(
     Example:
 
         modelpress prune torchvision:resnet18 --ratio 0.5 --round-to 8 --out artifacts/resnet18-p50
+
+        modelpress prune torchvision:resnet18 --latency-ms 8 --latency-backend onnxruntime --out artifacts/r18-8ms
     """
     import tempfile
 
@@ -69,7 +72,7 @@ def prune(
         if macs_fraction is not None or max_macs is not None:
             target = {"kind": "macs", "fraction": macs_fraction, "max_macs": max_macs}
         elif latency_ms is not None:
-            target = {"kind": "latency", "max_ms": latency_ms, "threads": threads}
+            target = {"kind": "latency", "max_ms": latency_ms, "threads": threads, "backend": latency_backend}
         rounded: int | str | None = None
         if round_to is not None:
             rounded = round_to if round_to == "auto" else _positive_int(round_to, "--round-to")
@@ -144,7 +147,8 @@ def _print(report, model: str, out: Path) -> None:  # noqa: ANN001
         f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M"
     )
     if report.latency_ms_after is not None:
-        line += f", torch latency {report.latency_ms_before:.2f} -> {report.latency_ms_after:.2f} ms"
+        backend = report.latency_backend or "torch"
+        line += f", {backend} latency {report.latency_ms_before:.2f} -> {report.latency_ms_after:.2f} ms"
     if report.steps and report.steps[-1].metric_finetuned is not None:
         line += f", accuracy after fine-tuning {report.steps[-1].metric_finetuned:.3f}"
     elif report.steps and report.steps[-1].metric_pruned is not None:

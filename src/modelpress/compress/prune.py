@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -30,6 +30,8 @@ from torch import nn
 from modelpress.bench.macs import count_macs, count_params
 from modelpress.compress import _prune_search, _prune_sparse, _prune_structured
 from modelpress.errors import ConfigError
+from modelpress.train.finetune import AdamWConfig, Batch, FinetuneConfig, Objective, finetune_
+from modelpress.train.schedules import ConstantSchedule
 
 if TYPE_CHECKING:
     from modelpress.sources.data import Dataset
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Importance = Literal["l1", "l2", "bn_gamma", "taylor", "random"]
+LatencyBackend = Literal["torch", "onnxruntime", "openvino"]
 # Multiples that keep each runtime's kernels on their fast path: 8 for x86 int8/fp32
 # GEMMs (VNNI works on groups of 4, AVX-512 fp32 on 16 bytes x 4), 16 for OpenVINO's
 # blocked layouts and tensor-core GPUs.
@@ -112,11 +115,15 @@ class MacsTarget(_Config):
 
 
 class LatencyTarget(_Config):
-    """Prune until one forward pass measures at most ``max_ms`` on the target backend."""
+    """Prune until one forward pass measures at most ``max_ms`` on the target backend.
+
+    ``backend`` "torch" times the module eagerly; "onnxruntime" and "openvino" export
+    every candidate to ONNX and time it in that runtime (with ``threads`` intra-op threads).
+    """
 
     kind: Literal["latency"] = "latency"
     max_ms: float = Field(gt=0)
-    backend: Literal["torch"] = "torch"  # modelpress.runtime backends join once it lands
+    backend: LatencyBackend = "torch"
     threads: int = Field(default=2, ge=1)
     reps: int = Field(default=20, ge=3)
     statistic: Literal["median", "min"] = "median"  # "min" is steadier on a busy machine
@@ -248,6 +255,7 @@ class PruneReport:
     search: list[tuple[float, float]] = field(default_factory=list)
     latency_ms_before: float | None = None
     latency_ms_after: float | None = None
+    latency_backend: str | None = None
     sparsity: _prune_sparse.SparsityStats | None = None
     converted_layers: list[str] = field(default_factory=list)
 
@@ -277,6 +285,7 @@ def prune_(
     evaluate: Finetune | None = None,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
+    handle: ModelHandle | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place and report what changed.
 
@@ -287,11 +296,13 @@ def prune_(
             used to trace couplings and count MACs.
         data: (x, y) batches for Taylor importance (the first ``taylor_batches`` are used).
         finetune: called after each pruning step; trains the model and returns the
-            validation metric (``make_finetune`` builds a plain loop; the training
-            engine plugs in here).
+            validation metric (``make_finetune`` builds one on the training engine,
+            ``modelpress.train.finetune_``).
         evaluate: returns the validation metric without training; recorded per step.
         loss_fn: loss for Taylor gradients; cross-entropy on the first output by default.
         progress: called with one line of text per step or search trial.
+        handle: the ModelHandle ``model`` belongs to; a latency target on ONNX Runtime or
+            OpenVINO exports candidates with its input/output names (made up when None).
 
     Returns:
         A PruneReport.
@@ -317,7 +328,7 @@ def prune_(
                            ratio=0.5, converted_layers=converted)
     return _structured(model, config, example_inputs=example_inputs, ignored=list(ignored), macs_before=macs_before,
                        params_before=params_before, data=data, finetune=finetune, evaluate=evaluate,
-                       loss_fn=loss_fn, progress=progress)
+                       loss_fn=loss_fn, progress=progress, handle=handle)
 
 
 def _structured(
@@ -333,6 +344,7 @@ def _structured(
     evaluate: Finetune | None,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None,
     progress: Callable[[str], None] | None,
+    handle: ModelHandle | None = None,
 ) -> PruneReport:
     batches = list(itertools.islice(data, config.taylor_batches)) if data is not None else None
     grad_batches = (lambda: batches) if batches is not None else None
@@ -363,12 +375,16 @@ def _structured(
             model, prune_copy, lambda m: count_macs(m, example_inputs), budget, max_ratio=target.max_ratio, progress=progress)
     else:
         def measure(m: nn.Module) -> float:
-            return _prune_search.torch_latency_ms(m, example_inputs, threads=target.threads, reps=target.reps,
-                                                 statistic=target.statistic)
+            if target.backend == "torch":
+                return _prune_search.torch_latency_ms(m, example_inputs, threads=target.threads, reps=target.reps,
+                                                      statistic=target.statistic)
+            return _prune_search.backend_latency_ms(m, example_inputs, backend=target.backend, threads=target.threads,
+                                                    reps=target.reps, statistic=target.statistic, template=handle)
 
+        report.latency_backend = target.backend
         report.latency_ms_before = measure(model)
         ratio, report.search = _prune_search.bisect_ratio(
-            model, prune_copy, measure, target.max_ms, max_ratio=target.max_ratio, progress=progress)
+            model, prune_copy, measure, target.max_ms, max_ratio=target.max_ratio, confirm=True, progress=progress)
     report.ratio = ratio
 
     shapes_before = _prune_structured.snapshot_shapes(model)
@@ -393,8 +409,7 @@ def _structured(
     report.attrs = _prune_structured.changed_attrs(attrs_before, _prune_structured.snapshot_attrs(model))
     report.macs_after, report.params_after = count_macs(model, example_inputs), count_params(model)
     if isinstance(target, LatencyTarget):
-        report.latency_ms_after = _prune_search.torch_latency_ms(model, example_inputs, threads=target.threads, reps=target.reps,
-                                                 statistic=target.statistic)
+        report.latency_ms_after = measure(model)
     return report
 
 
@@ -409,6 +424,19 @@ def bn_l1_subgradient_(model: nn.Module, strength: float) -> None:
             module.weight.grad.add_(strength * torch.sign(module.weight.detach()))
 
 
+def bn_l1_penalty(model: nn.Module, strength: float) -> torch.Tensor:
+    """Return network slimming's loss term: ``strength`` times the L1 norm of every BatchNorm's gamma.
+
+    Its gradient is exactly what :func:`bn_l1_subgradient_` adds; the training engine
+    takes it as a ``regularizer``.
+    """
+    gammas = [m.weight for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad]
+    if not gammas:
+        return torch.zeros(())
+    return strength * torch.stack([g.abs().sum() for g in gammas]).sum()
+
+
 def make_finetune(
     train: Batches,
     val: Batches,
@@ -418,33 +446,79 @@ def make_finetune(
     bn_sparsity: float = 0.0,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> Finetune:
-    """Build a plain AdamW fine-tuning loop that returns validation accuracy (the seam's default).
+    """Build a recovery fine-tuning callable on the training engine; it returns validation accuracy.
+
+    Each call runs ``modelpress.train.finetune_`` for ``epochs`` with a constant-rate
+    AdamW (no weight decay) on the samples of ``train``, in batches of the first
+    batch's size, then scores top-1 accuracy on ``val``.
 
     Args:
-        train: re-iterable (x, y) batches.
+        train: re-iterable (x, y) batches; x a tensor, a tuple of tensors or a keyword mapping.
         val: re-iterable (x, y) batches; the metric is top-1 accuracy in [0, 1].
         epochs: passes over ``train`` per call.
         lr: AdamW learning rate.
-        bn_sparsity: network-slimming L1 strength on BatchNorm gammas (0 disables).
-        loss_fn: defaults to cross-entropy on the first output.
+        bn_sparsity: network-slimming L1 strength on BatchNorm gammas (0 disables); passed
+            to the engine as a ``regularizer``.
+        loss_fn: defaults to cross-entropy on the first output (MSE for float targets).
     """
     train, val = list(train), list(val)
-    loss_of = loss_fn or _prune_structured.default_loss
+    if not train:
+        raise ConfigError("make_finetune got no training batches; pass at least one (x, y) batch")
+    objective = _IndexedObjective(train, loss_fn or _prune_structured.default_loss)
+    config = FinetuneConfig(
+        epochs=epochs, batch_size=max(2, len(train[0][1])), optimizer=AdamWConfig(lr=lr, weight_decay=0.0),
+        schedule=ConstantSchedule(), restore_best=False,
+    )
+    regularizer = (lambda m: bn_l1_penalty(m, bn_sparsity)) if bn_sparsity else None
+    positions = torch.arange(objective.samples)
+    labels = torch.zeros(objective.samples, dtype=torch.long)  # unused: the objective reads the real targets
+    calls = itertools.count()
 
     def run(model: nn.Module) -> float:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        model.train()
-        for _ in range(epochs):
-            for x, y in train:
-                optimizer.zero_grad(set_to_none=True)
-                loss_of(_prune_structured.call_model(model, x), y).backward()
-                if bn_sparsity:
-                    bn_l1_subgradient_(model, bn_sparsity)
-                optimizer.step()
+        # a new seed per call, so the steps of an iterative schedule see the batches in new orders
+        finetune_(model, (positions, labels), None, config.model_copy(update={"seed": next(calls)}),
+                  objective=objective, regularizer=regularizer)
         model.eval()
         return accuracy(model, val)
 
     return run
+
+
+class _IndexedObjective(Objective):
+    """The engine's objective for arbitrary (x, y) batches: it gathers each batch's samples by position.
+
+    The engine batches one (x, y) pair of tensors; here x is the sample positions, so
+    multi-input models (tuples, keyword mappings) and float targets train as well.
+    """
+
+    def __init__(self, batches: list[tuple[Any, torch.Tensor]], loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.inputs = _concat([x for x, _ in batches])
+        self.targets = torch.cat([y for _, y in batches])
+        self.samples = len(self.targets)
+        self.loss_fn = loss_fn
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Return the loss of ``model`` on the samples at ``batch.index``."""
+        index = batch.index
+        return self.loss_fn(_prune_structured.call_model(model, _take(self.inputs, index)), self.targets[index])
+
+
+def _concat(xs: list[Any]) -> Any:
+    first = xs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(xs)
+    if isinstance(first, Mapping):
+        return {k: torch.cat([x[k] for x in xs]) for k in first}
+    return tuple(torch.cat([x[i] for x in xs]) for i in range(len(first)))
+
+
+def _take(x: Any, index: torch.Tensor) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[index]
+    if isinstance(x, Mapping):
+        return {k: v[index] for k, v in x.items()}
+    return tuple(v[index] for v in x)
 
 
 def accuracy(model: nn.Module, batches: Batches) -> float:
@@ -500,7 +574,7 @@ def prune_model(
         handle: a model with a torch module (ONNX-only models cannot be pruned).
         config: what to prune.
         data: labelled data, used for Taylor gradients, per-step accuracy, and fine-tuning.
-        finetune_epochs: epochs of the plain fine-tuning loop after each step (0: none).
+        finetune_epochs: epochs of recovery fine-tuning (``make_finetune``) after each step (0: none).
         batch_size: batch size for gradients, fine-tuning and evaluation.
         max_batches: cap on training batches per epoch (keeps a CLI run short).
         progress: called with one line of text per step.
@@ -533,7 +607,7 @@ def prune_model(
     finetune = make_finetune(train, val, epochs=finetune_epochs) if train and finetune_epochs > 0 else None
     evaluate = (lambda m: accuracy(m, val)) if val else None
     report = prune_(module, config, example_inputs=example, data=train, finetune=finetune, evaluate=evaluate,
-                    progress=progress)
+                    progress=progress, handle=handle)
     architecture = dict(handle.architecture)
     architecture["attrs"] = {**architecture.get("attrs", {}), **report.attrs}
     return handle.with_module(module, architecture=architecture), report

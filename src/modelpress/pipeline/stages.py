@@ -155,7 +155,7 @@ class FinetuneStage:
 
 class _PruneOwn(_Fields):
     method: Literal["structured", "unstructured", "semi_structured_2_4"] = "structured"
-    finetune_epochs: int = Field(0, ge=0, description="plain fine-tuning epochs after each pruning step")
+    finetune_epochs: int = Field(0, ge=0, description="recovery fine-tuning epochs (the training engine) after each pruning step")
 
 
 class PruneStage:
@@ -180,9 +180,24 @@ class PruneStage:
         body.pop("kind", None)
         return {"kind": self.kind, **own.model_dump(), **body}
 
+    @staticmethod
+    def _with_target(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+        """Measure a latency target where the recipe deploys: its backend and threads, unless the stage sets them."""
+        target = config.get("target")
+        if not isinstance(target, dict) or target.get("kind") != "latency":
+            return config
+        target = dict(target)
+        if ctx.target.backend in ("onnxruntime", "openvino") and ctx.target.device == "cpu":
+            target.setdefault("backend", ctx.target.backend)
+        elif "backend" not in target:  # TensorRT / CUDA: the search times the candidates eagerly in torch
+            log.info("prune: the latency target is measured with torch; the recipe's %s on %s is not timed during the search",
+                     ctx.target.backend, ctx.target.device)
+        target.setdefault("threads", ctx.target.threads)
+        return {**config, "target": target}
+
     def run(self, handle: ModelHandle, config: dict[str, Any], ctx: StageContext) -> StageOutput:
         verb = _import_verb("modelpress.compress.prune", self.kind)
-        own, cfg = self._config(config)
+        own, cfg = self._config(self._with_target(config, ctx))
         new, report = verb.prune_model(handle, cfg, data=ctx.data, finetune_epochs=own.finetune_epochs, progress=ctx.progress)
         return StageOutput(new, jsonable(report))
 

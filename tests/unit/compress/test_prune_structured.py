@@ -183,6 +183,50 @@ def test_iterative_schedule_finetunes_and_tracks_metric_per_step(tiny_convnet):
     assert macs == sorted(macs, reverse=True) and macs[0] > macs[-1]
 
 
+def test_iterative_schedule_on_the_training_engine_tracks_accuracy_per_step(tiny_convnet):
+    """make_finetune (modelpress.train.finetune_ underneath) recovers accuracy after every step."""
+    from modelpress.compress.prune import accuracy, make_finetune
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 2, (160,))
+    x = torch.randn(160, 3, 16, 16)
+    x[:, 0] += 0.5 * (2 * y[:, None, None] - 1)  # the class shifts channel 0
+    train = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)]
+    val = [(x[128:], y[128:])]
+    start = make_finetune(train, val, epochs=5, lr=1e-2)(tiny_convnet)
+    assert start > 0.8  # the engine trains the dense model
+    finetune = make_finetune(train, val, epochs=2, lr=3e-3)
+    report = prune_(tiny_convnet, PruneConfig(ratio=0.6, steps=3), example_inputs=x[:1], finetune=finetune,
+                    evaluate=lambda m: accuracy(m, val))
+    assert [s.step for s in report.steps] == [1, 2, 3]
+    assert all(0 <= s.metric_pruned <= 1 and 0 <= s.metric_finetuned <= 1 for s in report.steps)
+    assert report.steps[-1].metric_finetuned == pytest.approx(accuracy(tiny_convnet, val))
+    assert report.steps[-1].metric_finetuned > 0.8  # recovered after the last step
+    assert sum(s.metric_finetuned for s in report.steps) >= sum(s.metric_pruned for s in report.steps)
+
+
+def test_make_finetune_trains_multi_input_models_and_float_targets():
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 2), nn.Linear(3, 2)
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return self.a(a) + self.b(b)
+
+    from modelpress.compress.prune import make_finetune
+
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 4), torch.randn(64, 3)
+    target = torch.stack([a[:, 0] - b[:, 1], a[:, 2] + b[:, 0]], dim=1)  # float targets: MSE
+    model = TwoInputs()
+    before = nn.functional.mse_loss(model(a, b), target).item()
+    make_finetune([((a[i:i + 16], b[i:i + 16]), target[i:i + 16]) for i in range(0, 64, 16)], [], epochs=30, lr=3e-2)(model)
+    with torch.no_grad():
+        after = nn.functional.mse_loss(model(a, b), target).item()
+    assert after < 0.1 * before
+
+
 def test_tiny_transformer_ffn_width_pruned_hidden_kept(tiny_transformer):
     ids = torch.randint(0, 100, (2, 8))
     report = prune_(tiny_transformer, PruneConfig(ratio=0.5), example_inputs=ids)
