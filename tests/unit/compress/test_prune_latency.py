@@ -26,7 +26,7 @@ def test_latency_budget_is_met_by_measurement():
     x = torch.randn(1, 3, 64, 64)  # large enough that per-layer overhead does not dominate
     # one thread: on a shared machine a descheduled second thread stalls every parallel region
     baseline = min(torch_latency_ms(model, x, threads=1, reps=15, statistic="min") for _ in range(3))
-    budget = 0.6 * baseline
+    budget = 0.5 * baseline  # noise only adds time, so the unpruned model cannot pass by luck
     report = prune_(model, PruneConfig(target=LatencyTarget(max_ms=budget, threads=1, reps=15, statistic="min"), round_to=8),
                     example_inputs=x)
     assert 0 < report.ratio <= 0.8
@@ -69,12 +69,16 @@ def test_latency_budget_on_onnxruntime_is_met_by_measurement():
     x = torch.randn(1, 3, 64, 64)
     # one thread: on a shared machine a descheduled second thread stalls every parallel region
     baseline = min(backend_latency_ms(model, x, backend="onnxruntime", threads=1, reps=30, statistic="min") for _ in range(3))
-    budget = 0.7 * baseline
+    # half the best unpruned time: noise only adds time, so the unpruned model cannot pass by luck
+    budget = 0.5 * baseline
     target = LatencyTarget(max_ms=budget, backend="onnxruntime", threads=1, reps=30, statistic="min")
     report = prune_(model, PruneConfig(target=target, round_to=8), example_inputs=x)
     assert report.latency_backend == "onnxruntime"
     assert 0 < report.ratio <= 0.8 and report.macs_after < report.macs_before
-    assert report.latency_ms_after <= budget  # measured on the exported, pruned model in ONNX Runtime
+    # measured on the exported, pruned model in ONNX Runtime; judged on the best of a few re-measurements
+    best = min([report.latency_ms_after] + [backend_latency_ms(model, x, backend="onnxruntime", threads=1, reps=30, statistic="min")
+                                            for _ in range(2)])
+    assert best <= 1.2 * budget
     assert model(x).shape == (1, 10)
 
 
