@@ -57,6 +57,28 @@ class Conv1dNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+
+class ShallowConv1dNet(nn.Module):
+    """A shallower 1-D CNN for mnist1d: two convs without BatchNorm, max pooling and a linear head.
+
+    At ``width=36`` it has 7,750 parameters, about a quarter of ``Conv1dNet(width=64)``
+    (31,882), and is weaker than ``Conv1dNet`` of the same size: a student with room
+    left for a teacher (see benchmarks/bench_train.py).
+    """
+
+    input_shape = (1, 40)
+
+    def __init__(self, num_classes: int = 10, width: int = 36, length: int = 40) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, width, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        )
+        self.classifier = nn.Linear(width * (length // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
 class DigitsNet(nn.Module):
     """A small 2-D CNN for scikit-learn's 8x8 digits (input (N, 1, 8, 8))."""
 

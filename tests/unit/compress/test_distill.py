@@ -11,7 +11,7 @@ from torch import nn
 
 from modelpress.compress.distill import AttentionLoss, DistillConfig, DistillObjective, FeatureLoss, TorchTeacher, distill_
 from modelpress.errors import ConfigError
-from modelpress.testing import Conv1dNet
+from modelpress.testing import Conv1dNet, ShallowConv1dNet
 from modelpress.train.augment import AugmentConfig
 from modelpress.train.finetune import AdamWConfig, Batch, FinetuneConfig, SGDConfig, finetune_
 
@@ -271,3 +271,18 @@ def test_config_round_trips():
     assert DistillConfig.model_validate_json(cfg.model_dump_json()) == cfg
     with pytest.raises(ValidationError, match="temprature"):
         DistillConfig.model_validate({"temprature": 3})
+
+
+def test_shallow_student_is_a_quarter_of_the_benchmark_teacher_and_distills(teacher) -> None:
+    def params(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    # the benchmark's second student family: about a quarter of the Conv1dNet(width=64) teacher
+    assert params(ShallowConv1dNet(width=36)) == 7750
+    assert 0.2 < params(ShallowConv1dNet(width=36)) / params(Conv1dNet(width=64)) < 0.3
+    x, y = _toy()
+    torch.manual_seed(0)
+    student = ShallowConv1dNet(num_classes=3, width=8, length=24)
+    assert student(torch.from_numpy(x[:4])).shape == (4, 3)
+    distill_(student, teacher, (x, y), None, DistillConfig(train=_train(epochs=4)))
+    assert _agreement(student, teacher, _toy(200, seed=5)[0]) > 0.85
