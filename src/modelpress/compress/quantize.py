@@ -516,12 +516,21 @@ def _dynamic_variants(ctx: _Ctx) -> tuple[dict[str, Path], dict[str, Any]]:
         variants["dynamic"] = enc.quantize_dynamic_graph(m.onnx_path, ctx.work / "dynamic.onnx",
                                                          per_channel=cfg.per_channel, reduce_range=ctx.reduce_range,
                                                          nodes_to_exclude=cfg.keep_float)
-    fused, info = _fused_graph(ctx)
-    if fused is not None:
-        ctx.say("quantizing fused-dynamic", 0.5)
-        variants["fused-dynamic"] = enc.quantize_dynamic_graph(fused, ctx.work / "fused-dynamic.onnx",
-                                                               per_channel=cfg.per_channel,
-                                                               reduce_range=ctx.reduce_range)
+    try:
+        fused, info = _fused_graph(ctx)
+        if fused is not None:
+            ctx.say("quantizing fused-dynamic", 0.5)
+            variants["fused-dynamic"] = enc.quantize_dynamic_graph(fused, ctx.work / "fused-dynamic.onnx",
+                                                                   per_channel=cfg.per_channel,
+                                                                   reduce_range=ctx.reduce_range)
+    except ConfigError:
+        raise
+    except Exception as err:  # the optimizer or quantizer choked on this graph: the plain candidate still stands
+        if cfg.transformer_fusion == "only":
+            raise BackendError(f"transformer fusion of {m.spec} failed: {err}; "
+                               "use transformer_fusion 'auto' or 'off'") from err
+        logger.warning("transformer-fused candidate dropped: %s", err)
+        info = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
     return variants, {"reduce_range": ctx.reduce_range, "per_channel": cfg.per_channel, "transformer_fusion": info}
 
 
@@ -589,7 +598,7 @@ def _has_attention(path: Path) -> bool:
 
 
 def _encoder_dims(handle: ModelHandle) -> tuple[int, int]:
-    """Return (attention heads, hidden size) from the module's transformers config or attention layers; (0, 0) if unknown.
+    """Return (attention heads, hidden size) from the module's config or attention layers; (0, 0) if unknown.
 
     0 lets ONNX Runtime's optimizer read them from the graph's Reshape shapes.
     """

@@ -142,7 +142,7 @@ def test_no_attention_no_fusion(tmp_path):
                          module=net)
     res = quantize(handle, DynamicConfig(allow_slower=True))
     assert [c.name for c in res.candidates] == ["dynamic"]
-    assert res.details["transformer_fusion"] == {"status": "skipped",
-                                                 "reason": "the graph has no Softmax and MatMul nodes: no attention to fuse"}
+    reason = "the graph has no Softmax and MatMul nodes: no attention to fuse"
+    assert res.details["transformer_fusion"] == {"status": "skipped", "reason": reason}
     with pytest.raises(ConfigError, match="no attention to fuse"):
         quantize(handle, DynamicConfig(transformer_fusion="only"))
