@@ -89,6 +89,7 @@ def test_fused_only_quantizes_attention_into_qattention(tiny_bert, sentences, tm
     assert res.quant_metric >= 0.99
 
 
+@pytest.mark.slow
 def test_openvino_gets_no_fused_candidate(tiny_bert, sentences, tmp_path):
     res = quantize(tiny_bert, DynamicConfig(backend="openvino", allow_slower=True, val_samples=8),
                    data=sentences)
@@ -135,6 +136,7 @@ def test_fusion_keeps_the_tiny_transformer_exact(tiny_transformer, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_attention_no_fusion(tmp_path):
     """An MLP has nothing to fuse: auto skips the candidate with a reason, only says why it cannot."""
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
