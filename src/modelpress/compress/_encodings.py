@@ -9,6 +9,7 @@ to a file so that every candidate encoding of one run shares the same ranges
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -368,7 +369,13 @@ def quantize_dynamic_graph(
     nodes_to_exclude: Sequence[str] = (),
     op_types: Sequence[str] | None = None,
 ) -> Path:
-    """Quantize weights to int8 and activations on the fly (MatMul/Gemm/Attention-heavy models)."""
+    """Quantize weights to int8 and activations on the fly (MatMul/Gemm/Attention-heavy models).
+
+    A graph fused by :func:`fuse_transformer` has its fused Attention turned
+    into QAttention, EmbedLayerNormalization into QEmbedLayerNormalization and
+    its MatMuls into MatMulInteger/DynamicQuantizeMatMul.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -379,8 +386,76 @@ def quantize_dynamic_graph(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(nodes_to_exclude) or None,
         op_types_to_quantize=list(op_types) if op_types else None,
+        # ONNX's shape inference gives no types past com.microsoft ops (fused graphs); they are all float32.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     return dst
+
+
+# Fused operators the BERT optimizer writes; plain LayerNormalization is standard ONNX and does not count.
+FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+             "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "GemmFastGelu")
+
+
+@dataclass(frozen=True, slots=True)
+class Fusion:
+    """What ONNX Runtime's transformer optimizer fused in one graph."""
+
+    path: Path
+    counts: dict[str, int]
+    shape_inference: bool
+
+    @property
+    def fused(self) -> int:
+        """Return how many fused transformer operators the graph now has."""
+        return sum(self.counts.get(op, 0) for op in FUSED_OPS)
+
+    @property
+    def attention(self) -> int:
+        return self.counts.get("Attention", 0) + self.counts.get("MultiHeadAttention", 0)
+
+
+def fuse_transformer(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: int = 0, opt_level: int = 1) -> Fusion:
+    """Fuse a BERT-like encoder into ONNX Runtime's contrib ops with its transformer optimizer.
+
+    Attention subgraphs become ``Attention``, Add+LayerNorm ``SkipLayerNormalization``,
+    the embeddings ``EmbedLayerNormalization`` and Add+Gelu ``BiasGelu`` (all in the
+    com.microsoft domain, which ONNX Runtime's CPU provider runs).
+
+    Args:
+        num_heads, hidden_size: the encoder's; 0 lets the optimizer read them from
+            the graph's Reshape shapes (which fails when a Shape/Concat builds them).
+        opt_level: ONNX Runtime's level run before the fusions; 1 (basic) is the
+            optimizer's default for BERT and is hardware-independent, so the
+            artifact runs on any CPU.
+
+    The SkipLayerNormalization fusion needs symbolic shape inference, which fails
+    on some exports (an Expand it cannot follow); then the fusion is run again
+    with shape inference off, as the optimizer's ``--disable_shape_inference``
+    does, and the result with more fused operators is kept.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    def run(shape_inference: bool) -> tuple[object, dict[str, int]]:
+        options = FusionOptions("bert")
+        options.enable_shape_inference = shape_inference
+        # The optimizer prints shape-inference failures and warns on the root logger; both are handled here.
+        with contextlib.redirect_stdout(io.StringIO()), _root_log_level(logging.ERROR):
+            model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                   opt_level=opt_level, optimization_options=options)
+            counts = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+        return model, counts
+
+    model, counts = run(True)
+    shape_inference = True
+    if counts.get("LayerNormalization", 0) > 1 and not counts.get("SkipLayerNormalization"):
+        retry, retry_counts = run(False)
+        if sum(retry_counts.get(op, 0) for op in FUSED_OPS) > sum(counts.get(op, 0) for op in FUSED_OPS):
+            model, counts, shape_inference = retry, retry_counts, False
+    model.save_model_to_file(str(dst))  # type: ignore[attr-defined]
+    logger.info("transformer fusion of %s: %s (shape inference %s)", src.name, counts, shape_inference)
+    return Fusion(dst, counts, shape_inference)
 
 
 def quantizable_nodes(path: Path, op_types: Sequence[str] = ("Conv", "Gemm", "MatMul")) -> list[str]:
