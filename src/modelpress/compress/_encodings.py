@@ -9,7 +9,6 @@ to a file so that every candidate encoding of one run shares the same ranges
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
@@ -150,7 +149,7 @@ class StaticSettings:
 
 
 @contextlib.contextmanager
-def _root_log_level(level: int | None) -> Iterator[None]:
+def root_log_level(level: int | None) -> Iterator[None]:
     root = logging.getLogger()
     saved = root.level
     if level is not None:
@@ -193,7 +192,7 @@ def quantize_static_encoding(
     reader = FeedReader(feeds) if feeds is not None and not cache.exists() else None
     # The quantizer warns on the root logger that signed QOperator graphs run slowly
     # on x64; trying that encoding is deliberate (it is timed and rarely kept).
-    with _root_log_level(logging.ERROR if encoding == "qop-s8" else None):
+    with root_log_level(logging.ERROR if encoding == "qop-s8" else None):
         _quantize_static(
             str(src),
             str(dst),
@@ -371,7 +370,7 @@ def quantize_dynamic_graph(
 ) -> Path:
     """Quantize weights to int8 and activations on the fly (MatMul/Gemm/Attention-heavy models).
 
-    A graph fused by :func:`fuse_transformer` has its fused Attention turned
+    A graph fused by :func:`modelpress.compress._dynamic.fuse_transformer` has its fused Attention turned
     into QAttention, EmbedLayerNormalization into QEmbedLayerNormalization and
     its MatMuls into MatMulInteger/DynamicQuantizeMatMul.
     """
@@ -393,71 +392,6 @@ def quantize_dynamic_graph(
 
 
 # Fused operators the BERT optimizer writes; plain LayerNormalization is standard ONNX and does not count.
-FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "SkipSimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "GemmFastGelu")
-
-
-@dataclass(frozen=True, slots=True)
-class Fusion:
-    """What ONNX Runtime's transformer optimizer fused in one graph."""
-
-    path: Path
-    counts: dict[str, int]
-    shape_inference: bool
-
-    @property
-    def fused(self) -> int:
-        """Return how many fused transformer operators the graph now has."""
-        return sum(self.counts.get(op, 0) for op in FUSED_OPS)
-
-    @property
-    def attention(self) -> int:
-        return self.counts.get("Attention", 0) + self.counts.get("MultiHeadAttention", 0)
-
-
-def fuse_transformer(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: int = 0, opt_level: int = 1) -> Fusion:
-    """Fuse a BERT-like encoder into ONNX Runtime's contrib ops with its transformer optimizer.
-
-    Attention subgraphs become ``Attention``, Add+LayerNorm ``SkipLayerNormalization``,
-    the embeddings ``EmbedLayerNormalization`` and Add+Gelu ``BiasGelu`` (all in the
-    com.microsoft domain, which ONNX Runtime's CPU provider runs).
-
-    Args:
-        num_heads, hidden_size: the encoder's; 0 lets the optimizer read them from
-            the graph's Reshape shapes (which fails when a Shape/Concat builds them).
-        opt_level: ONNX Runtime's level run before the fusions; 1 (basic) is the
-            optimizer's default for BERT and is hardware-independent, so the
-            artifact runs on any CPU.
-
-    The SkipLayerNormalization fusion needs symbolic shape inference, which fails
-    on some exports (an Expand it cannot follow); then the fusion is run again
-    with shape inference off, as the optimizer's ``--disable_shape_inference``
-    does, and the result with more fused operators is kept.
-    """
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    def run(shape_inference: bool) -> tuple[object, dict[str, int]]:
-        options = FusionOptions("bert")
-        options.enable_shape_inference = shape_inference
-        # The optimizer prints shape-inference failures and warns on the root logger; both are handled here.
-        with contextlib.redirect_stdout(io.StringIO()), _root_log_level(logging.ERROR):
-            model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=opt_level, optimization_options=options)
-            counts = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
-        return model, counts
-
-    model, counts = run(True)
-    shape_inference = True
-    if counts.get("LayerNormalization", 0) > 1 and not counts.get("SkipLayerNormalization"):
-        retry, retry_counts = run(False)
-        if sum(retry_counts.get(op, 0) for op in FUSED_OPS) > sum(counts.get(op, 0) for op in FUSED_OPS):
-            model, counts, shape_inference = retry, retry_counts, False
-    model.save_model_to_file(str(dst))  # type: ignore[attr-defined]
-    logger.info("transformer fusion of %s: %s (shape inference %s)", src.name, counts, shape_inference)
-    return Fusion(dst, counts, shape_inference)
-
-
 def quantizable_nodes(path: Path, op_types: Sequence[str] = ("Conv", "Gemm", "MatMul")) -> list[str]:
     """List the names of the nodes that carry weights INT8 would quantize, in graph order."""
     import onnx

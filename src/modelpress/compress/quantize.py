@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from modelpress.compress import _dynamic
 from modelpress.compress import _encodings as enc
 from modelpress.compress import _qeval as qe
 from modelpress.errors import BackendError, ConfigError, DataError, GateError, SlowerThanBaselineError
@@ -418,7 +419,7 @@ def _run(model: Any, cfg: Any, data: Any, work: Path, train_fn: TrainFn | None, 
     m, labels, ref, reduce = ctx.m, ctx.labels, ctx.ref, ctx.reduce_range
     details: dict[str, Any]
     if cfg.kind == "dynamic":
-        variants, details = _dynamic_variants(ctx)
+        variants, details = _dynamic.dynamic_variants(ctx)
     elif cfg.kind == "static":
         variants, details = _static_variants(ctx)
     elif cfg.kind == "qat":
@@ -551,120 +552,6 @@ def _static_variants(ctx: _Ctx) -> tuple[dict[str, Path], dict[str, Any]]:
     return variants, {"reduce_range": ctx.reduce_range, "calibration": cfg.calibration,
                       "calibration_samples": len(ctx.calib_feeds), "per_channel": cfg.per_channel,
                       "activation_symmetric": cfg.activation_symmetric, "preprocessed": cfg.preprocess}
-
-
-def _dynamic_variants(ctx: _Ctx) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Write the dynamic INT8 candidates: the graph as exported and, for encoders, its transformer-fused form."""
-    cfg, m = ctx.cfg, ctx.m
-    variants: dict[str, Path] = {}
-    if cfg.transformer_fusion != "only":
-        ctx.say("quantizing dynamic", 0.1)
-        variants["dynamic"] = enc.quantize_dynamic_graph(m.onnx_path, ctx.work / "dynamic.onnx",
-                                                         per_channel=cfg.per_channel, reduce_range=ctx.reduce_range,
-                                                         nodes_to_exclude=cfg.keep_float)
-    try:
-        fused, info = _fused_graph(ctx)
-        if fused is not None:
-            ctx.say("quantizing fused-dynamic", 0.5)
-            variants["fused-dynamic"] = enc.quantize_dynamic_graph(fused, ctx.work / "fused-dynamic.onnx",
-                                                                   per_channel=cfg.per_channel,
-                                                                   reduce_range=ctx.reduce_range)
-    except ConfigError:
-        raise
-    except Exception as err:  # the optimizer or quantizer choked on this graph: the plain candidate still stands
-        if cfg.transformer_fusion == "only":
-            raise BackendError(f"transformer fusion of {m.spec} failed: {err}; "
-                               "use transformer_fusion 'auto' or 'off'") from err
-        logger.warning("transformer-fused candidate dropped: %s", err)
-        info = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
-    return variants, {"reduce_range": ctx.reduce_range, "per_channel": cfg.per_channel, "transformer_fusion": info}
-
-
-def _fused_graph(ctx: _Ctx) -> tuple[Path | None, dict[str, Any]]:
-    """Fuse the float graph with ONNX Runtime's transformer optimizer; return it (or None) and what happened.
-
-    The optimizer's attention patterns are those of the TorchScript exporter; when
-    the given graph (the dynamo exporter's, say) yields no fused Attention and the
-    torch module is at hand, the module is re-exported with TorchScript and fused.
-    """
-    import time
-
-    cfg, m = ctx.cfg, ctx.m
-    if cfg.transformer_fusion == "off":
-        return None, {"status": "off"}
-    skip = None
-    if cfg.backend != "onnxruntime":
-        # Measured with OpenVINO 2026.4: it reads the fused float graph, but not the QAttention and
-        # QEmbedLayerNormalization ops that dynamic quantization makes of it.
-        skip = f"{cfg.backend} cannot read the fused INT8 graph's com.microsoft QAttention/QEmbedLayerNormalization ops"
-    elif cfg.keep_float:
-        skip = "keep_float names nodes of the exported graph, which the fusion replaces"
-    elif not _has_attention(m.onnx_path):
-        skip = "the graph has no Softmax and MatMul nodes: no attention to fuse"
-    if skip is not None:
-        if cfg.transformer_fusion == "only":
-            raise ConfigError(f"`transformer_fusion` 'only' cannot be used here: {skip}; use 'auto' or 'off'")
-        return None, {"status": "skipped", "reason": skip}
-    heads, hidden = (cfg.num_heads, cfg.hidden_size) if cfg.num_heads and cfg.hidden_size else _encoder_dims(m.handle)
-    t0 = time.perf_counter()
-    ctx.say("fusing transformer ops", 0.3)
-    fusion = enc.fuse_transformer(m.onnx_path, ctx.work / "fused.onnx", num_heads=heads, hidden_size=hidden)
-    source = "given graph"
-    if fusion.attention == 0 and m.module is not None:
-        from modelpress.errors import ExportError
-        from modelpress.export.onnx import ExportConfig, export_onnx
-
-        ts = ctx.work / "float-torchscript.onnx"
-        try:
-            export_onnx(m.handle, ts, ExportConfig(exporter="torchscript"))
-            again = enc.fuse_transformer(ts, ctx.work / "fused-torchscript.onnx", num_heads=heads, hidden_size=hidden)
-        except ExportError as err:  # the plain candidate still stands
-            logger.warning("TorchScript re-export for transformer fusion failed: %s", err)
-        else:
-            if (again.attention, again.fused) > (fusion.attention, fusion.fused):
-                fusion, source = again, "torchscript re-export"
-    info = {"status": "fused" if fusion.fused else "skipped", "source": source, "num_heads": heads,
-            "hidden_size": hidden, "fused_ops": fusion.counts, "shape_inference": fusion.shape_inference,
-            "seconds": round(time.perf_counter() - t0, 2)}
-    if not fusion.fused:
-        info["reason"] = "ONNX Runtime's transformer optimizer fused nothing in this graph"
-        if cfg.transformer_fusion == "only":
-            raise ConfigError(f"`transformer_fusion` 'only': {info['reason']} (fused ops {fusion.counts}); "
-                              "use 'auto' or 'off'")
-        return None, info
-    return fusion.path, info
-
-
-def _has_attention(path: Path) -> bool:
-    """Say whether a graph looks like attention: it has a Softmax and MatMuls."""
-    import onnx
-
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    return "Softmax" in ops and "MatMul" in ops
-
-
-def _encoder_dims(handle: ModelHandle) -> tuple[int, int]:
-    """Return (attention heads, hidden size) from the module's config or attention layers; (0, 0) if unknown.
-
-    0 lets ONNX Runtime's optimizer read them from the graph's Reshape shapes.
-    """
-    import json
-
-    module = handle.module
-    if module is not None and hasattr(module, "modules"):
-        for sub in module.modules():
-            conf = getattr(sub, "config", None)
-            heads, hidden = getattr(conf, "num_attention_heads", None), getattr(conf, "hidden_size", None)
-            if isinstance(heads, int) and isinstance(hidden, int):
-                return heads, hidden
-            if isinstance(getattr(sub, "num_heads", None), int) and isinstance(getattr(sub, "embed_dim", None), int):
-                return sub.num_heads, sub.embed_dim  # torch.nn.MultiheadAttention
-    config = Path(handle.tokenizer_dir) / "config.json" if handle.tokenizer_dir else None
-    if config is not None and config.is_file():
-        raw = json.loads(config.read_text())
-        if isinstance(raw.get("num_attention_heads"), int) and isinstance(raw.get("hidden_size"), int):
-            return raw["num_attention_heads"], raw["hidden_size"]
-    return 0, 0
 
 
 def _measure(ctx: _Ctx, float_run: qe.RunFn, variants: Mapping[str, Path]) -> tuple[list[Candidate], dict, float]:

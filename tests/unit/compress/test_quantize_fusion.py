@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from modelpress.compress import _encodings as enc
+from modelpress.compress._dynamic import fuse_transformer
 from modelpress.compress.quantize import DynamicConfig, quantize
 from modelpress.errors import BackendError, ConfigError
 from modelpress.sources.models import ModelHandle, SentenceEncoder, TensorSpec
@@ -105,13 +106,13 @@ def test_openvino_cannot_read_the_fused_int8_graph(tiny_bert, tmp_path):
     from modelpress.compress._qeval import graph_handle
     from modelpress.runtime import RuntimeOptions, load_session
 
-    fusion = enc.fuse_transformer(tiny_bert.onnx_path, tmp_path / "fused.onnx", num_heads=4, hidden_size=32)
+    fusion = fuse_transformer(tiny_bert.onnx_path, tmp_path / "fused.onnx", num_heads=4, hidden_size=32)
     assert fusion.counts["SkipLayerNormalization"] == 4  # the dynamo graph still fuses its Add+LayerNorm pairs
     ts_path = tmp_path / "ts.onnx"
     from modelpress.export.onnx import ExportConfig, export_onnx
 
     export_onnx(tiny_bert, ts_path, ExportConfig(exporter="torchscript"))
-    fusion = enc.fuse_transformer(ts_path, tmp_path / "fused-ts.onnx", num_heads=4, hidden_size=32)
+    fusion = fuse_transformer(ts_path, tmp_path / "fused-ts.onnx", num_heads=4, hidden_size=32)
     assert fusion.attention == 2
     int8 = enc.quantize_dynamic_graph(fusion.path, tmp_path / "int8.onnx", per_channel=True, reduce_range=True)
     load_session(graph_handle(tiny_bert, fusion.path), "openvino", RuntimeOptions(threads=1))
@@ -128,7 +129,7 @@ def test_fusion_keeps_the_tiny_transformer_exact(tiny_transformer, tmp_path):
 
     handle = ModelHandle("test:tiny", TEXT_INPUTS[:1], ("logits",), "classification", module=tiny_transformer)
     export_onnx(handle, tmp_path / "float.onnx")
-    fusion = enc.fuse_transformer(tmp_path / "float.onnx", tmp_path / "fused.onnx", num_heads=4, hidden_size=32)
+    fusion = fuse_transformer(tmp_path / "float.onnx", tmp_path / "fused.onnx", num_heads=4, hidden_size=32)
     assert fusion.counts.get("SkipLayerNormalization") == 4 and fusion.fused == 4
     feed = {"input_ids": np.random.default_rng(0).integers(0, 100, (3, 16)).astype(np.int64)}
     want = ort.InferenceSession(str(tmp_path / "float.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
