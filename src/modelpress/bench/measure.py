@@ -243,7 +243,11 @@ def bench(
 
     config = config or BenchConfig()
     started = time.perf_counter()
-    options = RuntimeOptions(threads=config.threads)
+    # Cases run round-robin on the same cores: a pool left spinning after its run
+    # would slow whichever case runs next (measured: PyTorch eager MiniLM 2.6x slower
+    # right after ONNX Runtime runs with spinning on).
+    several = len(entries) * len(backends) > 1
+    options = RuntimeOptions(threads=config.threads, spin_wait=not several)
     cases: list[BenchCase] = []
     lives: list[_Live] = []
     for entry in entries:

@@ -58,6 +58,9 @@ class OnnxRuntimeBackend:
         if options.threads:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
+        if not options.spin_wait:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if options.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -25,11 +25,16 @@ class RuntimeOptions:
         precision: compute precision hint for backends that honour one
             (OpenVINO's inference precision, torch autocast); "fp32" keeps the
             model's own types.
+        spin_wait: let the runtime's idle worker threads busy-wait for the next
+            run (ONNX Runtime's default: lowest latency on dedicated cores). Off
+            when several models are timed round-robin on the same cores, where a
+            spinning pool steals the cores of whatever runs next.
     """
 
     threads: int | None = None
     device: Device = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    spin_wait: bool = True
 
 
 @runtime_checkable

@@ -67,3 +67,33 @@ def test_score_cosine_for_embeddings(digits_handle):
     a = np.random.default_rng(0).standard_normal((5, 8))
     assert score(emb, a, None, a, "x").value == pytest.approx(1.0)
     assert score(emb, a, None, -a, "x").value == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_onnxruntime_spin_wait_follows_the_options(digits_handle, spin):
+    session = load_session(digits_handle, "onnxruntime", RuntimeOptions(threads=2, spin_wait=spin))
+    options = session._session.get_session_options()
+    if spin:  # ONNX Runtime's default, left unset
+        with pytest.raises(RuntimeError):
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+    else:
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_side_by_side_bench_turns_spinning_off(digits_handle, monkeypatch):
+    """Cases timed round-robin on shared cores must not leave a spinning pool behind for the next one."""
+    import modelpress.runtime as runtime
+    from modelpress.bench.measure import BenchConfig, BenchEntry, bench
+
+    seen = []
+    real = runtime.load_session
+
+    def spy(handle, backend, options):
+        seen.append(options.spin_wait)
+        return real(handle, backend, options)
+
+    monkeypatch.setattr(runtime, "load_session", spy)
+    config = BenchConfig(threads=1, batch_sizes=(1,), min_reps=5, max_seconds=0.2, warmup_s=0.0)
+    bench([BenchEntry("a", digits_handle), BenchEntry("b", digits_handle)], ["onnxruntime"], config)
+    bench([BenchEntry("a", digits_handle)], ["onnxruntime"], config)
+    assert seen == [False, False, True]
