@@ -256,6 +256,18 @@ def build_pruner(model: nn.Module, example_inputs: Any, plan: PrunerPlan) -> Any
         )
     else:
         kwargs.update(pruning_ratio=plan.ratio)
+    try:
+        return _meta_pruner(tp, model, example_inputs, plan, kwargs)
+    except (ZeroDivisionError, TypeError, IndexError, RecursionError) as err:
+        # Torch-Pruning 1.6.1 fails this way on structures whose channel counts it cannot
+        # infer (ShuffleNetV2's channel shuffle, Swin's window concatenations).
+        raise ConfigError(
+            f"structured pruning cannot trace the channel couplings of {type(model).__name__}: Torch-Pruning's "
+            f"dependency graph failed ({type(err).__name__}: {err}); prune it with method 'unstructured' instead"
+        ) from err
+
+
+def _meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan, kwargs: dict[str, Any]) -> Any:
     return tp.pruner.MetaPruner(
         model,
         example_inputs,

@@ -283,3 +283,13 @@ def test_pruned_bert_keeps_the_surviving_heads_exactly(tiny_bert):
                     ref_layer.attention.self.value.bias[h * 8:(h + 1) * 8] = 0
     with torch.no_grad():
         torch.testing.assert_close(tiny_bert(**x).last_hidden_state, reference(**x).last_hidden_state, atol=1e-5, rtol=1e-4)
+
+
+def test_an_architecture_the_dependency_graph_cannot_trace_gets_one_clear_error():
+    from modelpress.compress.prune import prune_model
+    from modelpress.errors import ConfigError
+    from modelpress.sources.models import load_model
+
+    handle = load_model("torchvision:shufflenet_v2_x0_5?input_size=64")  # channel shuffle: a reshape Torch-Pruning 1.6 cannot map
+    with pytest.raises(ConfigError, match="cannot trace the channel couplings of ShuffleNetV2.*method 'unstructured'"):
+        prune_model(handle, PruneConfig(ratio=0.3))
