@@ -36,20 +36,24 @@ class DigitsLinear(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@functools.lru_cache(maxsize=1)
-def _trained() -> DigitsLinear:
+def _fit_on_digits(model: nn.Module, *, lr: float, steps: int) -> nn.Module:
+    """Train ``model`` full-batch on digits' train split with Adam (seeded by the caller)."""
     from modelpress.sources.data import load_data
 
     data = load_data("digits")
-    torch.manual_seed(0)
-    model = DigitsLinear()
     x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(150):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    return model.eval()
+    return model
+
+
+@functools.lru_cache(maxsize=1)
+def _trained() -> DigitsLinear:
+    torch.manual_seed(0)
+    return _fit_on_digits(DigitsLinear(), lr=0.05, steps=150).eval()
 
 
 def trained_digits_linear() -> nn.Module:
@@ -61,9 +65,8 @@ class OutlierMLP(nn.Module):
     """Three Linear layers on the digit pixels as one 64-wide token; input (N, 1, 8, 8).
 
     The pixels are one token (N, 1, 64), as in a transformer, so each Linear exports as
-    MatMul + Add rather than Gemm. (ONNX Runtime >= 1.21 re-quantizes, at session load, a
-    float Gemm / Conv whose input comes from a DequantizeLinear — its WeightBiasQuantization
-    pass — so a Gemm left in float between INT8 neighbours does not stay float; a MatMul does.)
+    MatMul + Add rather than Gemm. (Gemm and Conv layers kept in float are covered by
+    tests/unit/compress/test_quantize_keep_float.py.)
     """
 
     input_shape = (1, 8, 8)
@@ -79,17 +82,8 @@ class OutlierMLP(nn.Module):
 
 @functools.lru_cache(maxsize=1)
 def _outlier() -> OutlierMLP:
-    from modelpress.sources.data import load_data
-
-    data = load_data("digits")
     torch.manual_seed(0)
-    model = OutlierMLP()
-    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(200):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+    model = _fit_on_digits(OutlierMLP(), lr=0.01, steps=200)
     with torch.no_grad():
         # Unit 0 of fc1 is always exactly 0 (zero weights and bias: no pre-activation for INT8 to
         # get wrong), so fc2's weights from it never matter in float; make them 100x the largest
