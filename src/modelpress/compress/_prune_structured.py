@@ -9,8 +9,10 @@ back *what changed* for the report and the checkpoint's ``attrs``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,24 +252,80 @@ def build_pruner(model: nn.Module, example_inputs: Any, plan: PrunerPlan) -> Any
                     # a width ratio > 0 makes the pruner visit the group; prune_head_dims=False
                     # then removes whole heads only
                     ratio_dict[proj] = plan.head_ratio
+        # Only the FFN and q/k/v layers may root a group. Torch-Pruning expands every other
+        # layer's group through the attention's reshapes, which blows up on windowed attention
+        # (Swin, MaxViT: minutes and tens of GiB) for layers that would keep their width anyway.
+        roots = set(ratio_dict) | set(num_heads)
+        ignored = plan.ignored + [
+            m for m in model.modules()
+            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and m not in roots and m not in plan.ignored
+        ]
         kwargs.update(
+            ignored_layers=ignored,
             pruning_ratio=0.0, pruning_ratio_dict=ratio_dict, num_heads=num_heads,
             prune_num_heads=plan.head_ratio > 0, prune_head_dims=False, head_pruning_ratio=plan.head_ratio,
         )
     else:
-        kwargs.update(pruning_ratio=plan.ratio)
+        kwargs.update(pruning_ratio=plan.ratio, ignored_layers=plan.ignored)
+    from modelpress.compress._prune_blockwise import TRACE_ERRORS, blockwise_pruner, trial_prune
+
     try:
-        return _meta_pruner(tp, model, example_inputs, plan, kwargs)
-    except (ZeroDivisionError, TypeError, IndexError, RecursionError) as err:
-        # Torch-Pruning 1.6.1 fails this way on structures whose channel counts it cannot
-        # infer (ShuffleNetV2's channel shuffle, Swin's window concatenations).
-        raise ConfigError(
-            f"structured pruning cannot trace the channel couplings of {type(model).__name__}: Torch-Pruning's "
-            f"dependency graph failed ({type(err).__name__}: {err}); prune it with method 'unstructured' instead"
-        ) from err
+        trial_prune(tp, model, example_inputs, plan, kwargs)
+        return meta_pruner(tp, model, example_inputs, plan, kwargs)
+    except TRACE_ERRORS as err:
+        # Torch-Pruning 1.6.1 fails, or prunes into a model that no longer runs, on structures whose
+        # channel couplings it cannot express (ShuffleNetV2's channel shuffle); their blocks may
+        # still be traceable alone.
+        pruner = blockwise_pruner(tp, model, example_inputs, plan, kwargs)
+        if pruner is None:
+            raise ConfigError(
+                f"structured pruning cannot trace the channel couplings of {type(model).__name__}: Torch-Pruning's "
+                f"dependency graph failed ({type(err).__name__}: {err}) and no block of it prunes cleanly alone; "
+                "prune it with method 'unstructured' instead"
+            ) from err
+        logger.warning(
+            "Torch-Pruning cannot trace %s as a whole (%s: %s); pruning inside %d blocks, each ranked alone, "
+            "whose output widths stay", type(model).__name__, type(err).__name__, err, len(pruner.blocks))
+        return pruner
 
 
-def _meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan, kwargs: dict[str, Any]) -> Any:
+# Torch-Pruning infers a concatenation's input widths by walking back through the graph with a
+# budget of 500 visits shared by the whole walk. Deep residual stacks (Swin-S/B: 18 blocks before
+# a patch merge) exhaust it and the unknown width then crashes the graph build. The widths are
+# cached on the graph's first build, so only that build gets the larger budget: Torch-Pruning
+# redoes the other walks for every group, where 10x the budget costs 10x the time.
+_BUILD_WALK_BUDGET = 5000
+
+
+@contextlib.contextmanager
+def _larger_walk_budget_while_building(tp: Any) -> Iterator[None]:
+    constants, graph_cls = tp.dependency.constants, tp.DependencyGraph
+    build = graph_cls.build_dependency
+
+    def build_with_budget(self: Any, *args: Any, **kwargs: Any) -> Any:
+        saved = constants.MAX_RECURSION_DEPTH
+        constants.MAX_RECURSION_DEPTH = max(saved, _BUILD_WALK_BUDGET)
+        try:
+            return build(self, *args, **kwargs)
+        finally:
+            constants.MAX_RECURSION_DEPTH = saved
+
+    graph_cls.build_dependency = build_with_budget
+    try:
+        yield
+    finally:
+        graph_cls.build_dependency = build
+
+
+def meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan, kwargs: dict[str, Any]) -> Any:
+    """Build Torch-Pruning's MetaPruner for ``plan`` with the extra ``kwargs`` (ratios, heads, ignored layers)."""
+    with _larger_walk_budget_while_building(tp), warnings.catch_warnings():
+        # the walk warns once per exhausted branch, which is expected and harmless here
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        return _new_meta_pruner(tp, model, example_inputs, plan, kwargs)
+
+
+def _new_meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan, kwargs: dict[str, Any]) -> Any:
     return tp.pruner.MetaPruner(
         model,
         example_inputs,
@@ -275,7 +333,6 @@ def _meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPla
         global_pruning=plan.global_ranking,
         max_pruning_ratio=plan.max_layer_ratio,
         iterative_steps=plan.steps,
-        ignored_layers=plan.ignored,
         round_to=plan.round_to,
         forward_fn=lambda m, x: call_model(m, x),
         output_transform=lambda out: first_tensor(out).float().sum(),

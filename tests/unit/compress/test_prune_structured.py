@@ -285,11 +285,80 @@ def test_pruned_bert_keeps_the_surviving_heads_exactly(tiny_bert):
         torch.testing.assert_close(tiny_bert(**x).last_hidden_state, reference(**x).last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
-def test_an_architecture_the_dependency_graph_cannot_trace_gets_one_clear_error():
-    from modelpress.compress.prune import prune_model
-    from modelpress.errors import ConfigError
-    from modelpress.sources.models import load_model
+def _channel_shuffle(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
 
-    handle = load_model("torchvision:shufflenet_v2_x0_5?input_size=64")  # channel shuffle: a reshape Torch-Pruning 1.6 cannot map
-    with pytest.raises(ConfigError, match="cannot trace the channel couplings of ShuffleNetV2.*method 'unstructured'"):
-        prune_model(handle, PruneConfig(ratio=0.3))
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's stride-1 unit: half the channels pass, half go through a bottleneck, then a shuffle."""
+
+    def __init__(self, channels: int, inner: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(
+            nn.Conv2d(half, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=False), nn.BatchNorm2d(inner),
+            nn.Conv2d(inner, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return _channel_shuffle(torch.cat((a, self.branch(b)), dim=1))
+
+
+class ShuffleNetLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.Sequential(ShuffleBlock(16, 32), ShuffleBlock(16, 32))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_a_channel_shuffle_is_pruned_block_by_block_and_removing_dead_channels_keeps_the_output():
+    torch.manual_seed(0)
+    model = ShuffleNetLike().eval()
+    dead = torch.arange(0, 32, 2)  # half of each bottleneck's channels carry nothing
+    with torch.no_grad():
+        for block in model.blocks:
+            conv1, bn1, _, dw, bn2 = block.branch[:5]
+            conv1.weight[dead] = 0
+            dw.weight[dead] = 0
+            for bn in (bn1, bn2):
+                bn.weight[dead] = 0
+                bn.bias[dead] = 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    macs = count_macs(model, x)
+    report = prune_(model, PruneConfig(ratio=0.5, importance="l1"), example_inputs=x)
+    for block in model.blocks:  # only the bottleneck shrinks: the shuffled widths stay
+        assert [block.branch[0].out_channels, block.branch[3].groups, block.branch[5].in_channels] == [16, 16, 16]
+        assert block.branch[5].out_channels == 8
+    assert model.stem[0].out_channels == 16
+    assert count_macs(model, x) < 0.75 * macs
+    assert report.macs_after == count_macs(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-4)
+
+
+class ShuffleOnly(nn.Module):
+    """A shuffle between two bare convs: no block has channels of its own to remove."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(_channel_shuffle(self.a(x))).mean((2, 3))
+
+
+def test_an_architecture_nothing_of_which_can_be_pruned_gets_one_clear_error():
+    from modelpress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot trace the channel couplings of ShuffleOnly.*method 'unstructured'"):
+        prune_(ShuffleOnly().eval(), PruneConfig(ratio=0.3), example_inputs=torch.randn(1, 3, 8, 8))
