@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from modelpress.compress import _prune_structured
+from modelpress.errors import ModelpressError
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def _block_pruner(
             return None
         same = {m: m for m in block.modules()}
         return _block_meta_pruner(tp, block, inputs, plan, kwargs, same, output_layer)
+    except ModelpressError:
+        raise
     except TRACE_ERRORS as err:
         logger.debug("block %s cannot be pruned alone: %s: %s", type(block).__name__, type(err).__name__, err)
         return None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelpress.errors import ConfigError
+from modelpress.errors import ConfigError, ModelpressError
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +272,8 @@ def build_pruner(model: nn.Module, example_inputs: Any, plan: PrunerPlan) -> Any
     try:
         trial_prune(tp, model, example_inputs, plan, kwargs)
         return meta_pruner(tp, model, example_inputs, plan, kwargs)
+    except ModelpressError:
+        raise  # a user error in the plan, not a tracing failure
     except TRACE_ERRORS as err:
         # Torch-Pruning 1.6.1 fails, or prunes into a model that no longer runs, on structures whose
         # channel couplings it cannot express (ShuffleNetV2's channel shuffle); their blocks may
