@@ -159,7 +159,9 @@ def bisect_ratio(
 
     if measure(model) <= budget:
         return 0.0, trials
-    if trial(max_ratio) > budget:
+    if (at_max := trial(max_ratio)) > budget:
+        logger.warning("the budget %.4g cannot be met: at the largest ratio allowed, %.2f (max_ratio), the pruned model "
+                       "measures %.4g; pruning at %.2f", budget, max_ratio, at_max, max_ratio)
         return max_ratio, trials
     low, high = 0.0, max_ratio  # measure(low) > budget >= measure(high)
     for _ in range(iterations):

@@ -34,6 +34,7 @@ _SHAPE_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.MultiheadAttention: ("embed_dim", "kdim", "vdim", "head_dim", "num_heads"),
 }
 _HEAD_ATTRS = ("num_attention_heads", "all_head_size", "attention_head_size")
+_TOLD_BLOCKWISE: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -285,9 +286,11 @@ def build_pruner(model: nn.Module, example_inputs: Any, plan: PrunerPlan) -> Any
                 f"dependency graph failed ({type(err).__name__}: {err}) and no block of it prunes cleanly alone; "
                 "prune it with method 'unstructured' instead"
             ) from err
-        logger.warning(
-            "Torch-Pruning cannot trace %s as a whole (%s: %s); pruning inside %d blocks, each ranked alone, "
-            "whose output widths stay", type(model).__name__, type(err).__name__, err, len(pruner.blocks))
+        if type(model).__name__ not in _TOLD_BLOCKWISE:  # once per architecture: a ratio search builds many pruners
+            _TOLD_BLOCKWISE.add(type(model).__name__)
+            logger.warning(
+                "Torch-Pruning cannot trace %s as a whole (%s: %s); pruning inside %d blocks, each ranked alone, "
+                "whose output widths stay", type(model).__name__, type(err).__name__, err, len(pruner.blocks))
         return pruner
 
 
