@@ -2,21 +2,25 @@
 
 Claims measured here, side by side in one run:
 
-1. On mnist1d, students with about a quarter of the Conv1dNet(width=64)
-   teacher's parameters, distilled with DistillConfig's default temperature and
-   alpha, against the same student trained alone for the same epochs with the
-   same augmentation (mean and spread over 3 seeds; test accuracy after the
-   last epoch, no test-set selection; defaults were chosen on the validation
-   split). Two student families, one line each: Conv1dNet(width=28), the
-   teacher's own architecture narrowed (strong: 97.5% alone, so a perfect copy
-   of the 98.8% teacher gains 1.3 points), and ShallowConv1dNet(width=36), two
-   convs without BatchNorm and a linear head (weaker: about 93% alone at seed 0,
-   so more room below the teacher, but distillation lost 2.5 points over 3 seeds).
+1. On mnist1d, students with 0.2-0.3 of the Conv1dNet(width=64) teacher's
+   parameters, distilled with DistillConfig's default temperature and alpha,
+   against the same student trained alone for the same epochs with the same
+   augmentation (mean and spread over 3 seeds; test accuracy after the last
+   epoch, no test-set selection; validation accuracy is reported next to it and
+   defaults were chosen on the validation split). Two students by default, one
+   line each: Conv1dNet(width=28) (0.25) and Conv1dNet(width=25) (0.21), the
+   teacher's own architecture narrowed. Both reach 97.4-97.5% alone, so a
+   perfect copy of the 98.8% teacher would gain about 1.3-1.4 points: the +1.5
+   goal is out of reach for them with a fair baseline. Weaker students (an MLP,
+   a one-conv net, a GRU, ShallowConv1dNet at lr 1e-3) have more room but are
+   limited by capacity or optimisation, and distillation lowered their fit
+   (docs/train.md has the numbers); ShallowConv1dNet(width=36) stays available
+   with --students shallow (distillation lost 2.1 points on it).
 2. Fine-tuning throughput (samples/s) on CPU with and without bf16 autocast,
    interleaved round by round so that machine noise hits both alike.
 
 Usage: python benchmarks/bench_train.py [--quick] [--threads 2] [--workers 2] [--only distill|throughput]
-       [--students conv1dnet,shallow] [--out bench-out/train.json]
+       [--students conv1dnet,narrow,shallow] [--out bench-out/train.json]
 """
 
 from __future__ import annotations
@@ -42,11 +46,15 @@ from modelpress.train.augment import AugmentConfig  # noqa: E402
 from modelpress.train.finetune import AdamWConfig, FinetuneConfig, cpu_has_native_bf16, evaluate_model, finetune_  # noqa: E402
 
 TEACHER_WIDTH = 64
-# student families, each about a quarter of the teacher's 31.9k parameters; both train with FinetuneConfig's defaults
+# student families, each 0.2-0.3 of the teacher's 31.9k parameters; all train with FinetuneConfig's defaults
 STUDENTS: dict[str, tuple[str, type[torch.nn.Module], int]] = {
-    "conv1dnet": ("Conv1dNet(width=28)", Conv1dNet, 28),                # 7,906 parameters
-    "shallow": ("ShallowConv1dNet(width=36)", ShallowConv1dNet, 36),    # 7,750 parameters
+    "conv1dnet": ("Conv1dNet(width=28)", Conv1dNet, 28),                # 7,906 parameters (0.25)
+    "narrow": ("Conv1dNet(width=25)", Conv1dNet, 25),                   # 6,610 parameters (0.21)
+    "shallow": ("ShallowConv1dNet(width=36)", ShallowConv1dNet, 36),    # 7,750 parameters (0.24)
 }
+# ShallowConv1dNet is left out of the default run (pass --students to add it): at lr 1e-3 it is limited by
+# optimisation, and distillation lost 2.1 +/- 1.1 points on it (docs/train.md)
+DEFAULT_STUDENTS = ("conv1dnet", "narrow")
 TEACHER_EPOCHS, STUDENT_EPOCHS = 60, 80  # 40 student epochs: gain +0.30 +/- 0.44; both improve with patience
 # a shift-invariant teacher labels shifted inputs well: 98.7% test with shift 3 against 97.4% without
 TEACHER_AUGMENT: AugmentConfig | None = AugmentConfig(shift=3)
@@ -68,8 +76,8 @@ def _model(width: int, seed: int, cls: type[torch.nn.Module] = Conv1dNet) -> tor
 AUGMENT = AugmentConfig(shift=3, noise_std=0.1)
 
 
-def _student_run(job: tuple[str, str, int, int, dict[str, torch.Tensor] | None]) -> float:
-    """Train one student (alone, or distilled from the teacher's weights) and return its test accuracy."""
+def _student_run(job: tuple[str, str, int, int, dict[str, torch.Tensor] | None]) -> tuple[float, float]:
+    """Train one student (alone, or distilled from the teacher's weights); return its validation and test accuracy."""
     family, mode, seed, epochs, teacher_state = job
     _, cls, width = STUDENTS[family]
     torch.set_num_threads(1)  # one thread per run: runs go side by side on a shared 2-core machine
@@ -83,7 +91,8 @@ def _student_run(job: tuple[str, str, int, int, dict[str, torch.Tensor] | None])
         teacher = Conv1dNet(width=TEACHER_WIDTH)
         teacher.load_state_dict(teacher_state)
         distill_(student, teacher, data.train, None, DistillConfig().model_copy(update={"train": train_cfg}))
-    return evaluate_model(student, x_test, y_test)[1]
+    x_val, y_val = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
+    return evaluate_model(student, x_val, y_val)[1], evaluate_model(student, x_test, y_test)[1]
 
 
 def bench_distill(quick: bool, workers: int, families: list[str]) -> dict:
@@ -103,15 +112,18 @@ def bench_distill(quick: bool, workers: int, families: list[str]) -> dict:
             for family in families for seed in seeds for mode in ("alone", "distilled")]
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            accs = list(pool.map(_student_run, jobs))
+            results = list(pool.map(_student_run, jobs))
     else:
-        accs = [_student_run(job) for job in jobs]
+        results = [_student_run(job) for job in jobs]
+    val_accs, accs = [r[0] for r in results], [r[1] for r in results]
     defaults = DistillConfig()
     students = {}
     for i, family in enumerate(families):
         runs = accs[i * 2 * len(seeds):(i + 1) * 2 * len(seeds)]
         alone, distilled = runs[0::2], runs[1::2]
         gains = [d - a for d, a in zip(distilled, alone, strict=True)]
+        val_runs = val_accs[i * 2 * len(seeds):(i + 1) * 2 * len(seeds)]
+        val_gains = [d - a for d, a in zip(val_runs[1::2], val_runs[0::2], strict=True)]
         name, cls, width = STUDENTS[family]
         students[family] = {
             "student": name, "student_params": _params(_model(width, 0, cls)),
@@ -119,6 +131,8 @@ def bench_distill(quick: bool, workers: int, families: list[str]) -> dict:
             "alone_mean": statistics.mean(alone), "alone_std": statistics.stdev(alone),
             "distilled_mean": statistics.mean(distilled), "distilled_std": statistics.stdev(distilled),
             "gain_mean_points": statistics.mean(gains) * 100, "gain_std_points": statistics.stdev(gains) * 100,
+            # the 400-sample validation split, for reference: nothing here is chosen on the test split
+            "val_alone": val_runs[0::2], "val_distilled": val_runs[1::2], "val_gain_mean_points": statistics.mean(val_gains) * 100,
         }
     return {
         "teacher": f"Conv1dNet(width={TEACHER_WIDTH})", "teacher_params": _params(teacher),
@@ -154,7 +168,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/train.json")
     parser.add_argument("--workers", type=int, default=2, help="student runs side by side, one thread each")
     parser.add_argument("--only", choices=("distill", "throughput"), help="run one of the two measurements")
-    parser.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated student families ({', '.join(STUDENTS)})")
+    parser.add_argument("--students", default=",".join(DEFAULT_STUDENTS), help=f"comma-separated student families ({', '.join(STUDENTS)})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -174,7 +188,7 @@ def main() -> None:
                 f"mixup {AUGMENT.mixup_alpha:g}; the teacher labels the augmented input): "
                 f"alone {s['alone_mean'] * 100:.2f} +/- {s['alone_std'] * 100:.2f}%  distilled (T={d['temperature']:g}, alpha={d['alpha']:g}) "
                 f"{s['distilled_mean'] * 100:.2f} +/- {s['distilled_std'] * 100:.2f}%  gain {gain:+.2f} +/- {s['gain_std_points']:.2f} "
-                f"points (goal >= +1.5: {'met' if gain >= 1.5 else 'not met'})",
+                f"points (goal >= +1.5: {'met' if gain >= 1.5 else 'not met'}; validation gain {s['val_gain_mean_points']:+.2f})",
                 flush=True,
             )
     if args.only != "distill":
