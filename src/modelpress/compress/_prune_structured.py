@@ -304,6 +304,7 @@ _BUILD_WALK_BUDGET = 5000
 
 @contextlib.contextmanager
 def _larger_walk_budget_while_building(tp: Any) -> Iterator[None]:
+    # patches the class for the duration: pruners are built one at a time, never from two threads
     constants, graph_cls = tp.dependency.constants, tp.DependencyGraph
     build = graph_cls.build_dependency
 
@@ -327,22 +328,18 @@ def meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan
     with _larger_walk_budget_while_building(tp), warnings.catch_warnings():
         # the walk warns once per exhausted branch, which is expected and harmless here
         warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
-        return _new_meta_pruner(tp, model, example_inputs, plan, kwargs)
-
-
-def _new_meta_pruner(tp: Any, model: nn.Module, example_inputs: Any, plan: PrunerPlan, kwargs: dict[str, Any]) -> Any:
-    return tp.pruner.MetaPruner(
-        model,
-        example_inputs,
-        importance=make_importance(plan.importance),
-        global_pruning=plan.global_ranking,
-        max_pruning_ratio=plan.max_layer_ratio,
-        iterative_steps=plan.steps,
-        round_to=plan.round_to,
-        forward_fn=lambda m, x: call_model(m, x),
-        output_transform=lambda out: first_tensor(out).float().sum(),
-        **kwargs,
-    )
+        return tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=make_importance(plan.importance),
+            global_pruning=plan.global_ranking,
+            max_pruning_ratio=plan.max_layer_ratio,
+            iterative_steps=plan.steps,
+            round_to=plan.round_to,
+            forward_fn=lambda m, x: call_model(m, x),
+            output_transform=lambda out: first_tensor(out).float().sum(),
+            **kwargs,
+        )
 
 
 def pruner_step(

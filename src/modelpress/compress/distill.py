@@ -86,11 +86,11 @@ class DistillConfig(_Config):
     # T=2, alpha=1 (teacher only, as in function matching) chosen on mnist1d's 400-sample validation split: 1/4-size
     # Conv1dNet student, 80 epochs, 3 seeds, shift-trained teacher labelling the shifted+noisy inputs the student sees.
     # Mean validation accuracy: T=1 97.25%, T=2 97.33%, T=4 96.67%, T=8 96.58%, T=4/alpha=0.9 96.92% (student alone
-    # with the same augmentation 97.08%). The spread is 1-3 validation samples, so T in [1, 4] is a near tie. Without
-    # augmentation a higher T wins (validation gain over alone, 3 seeds: T=2 -0.08, T=4 +0.17, T=8 +0.50, T=16 +0.58
-    # points), so pass temperature=8 there; the benchmark's "plain" setting does. A second, shallower student (ShallowConv1dNet, 7.75k
-    # parameters, seed 0) agreed: validation T=2 92.50%, T=4 92.25%, T=2/alpha=0.5 90.75%, alone 91.25%, so the
-    # defaults stayed. docs/train.md has the tables and the 3-seed test numbers.
+    # with the same augmentation 97.08%). The spread is 1-3 validation samples, so T in [1, 4] is a near tie. A second,
+    # shallower student (ShallowConv1dNet, 7.75k parameters, seed 0) agreed: validation T=2 92.50%, T=4 92.25%,
+    # T=2/alpha=0.5 90.75%, alone 91.25%, so the defaults stayed. Without augmentation a higher T wins (mean validation
+    # gain over alone, 3 seeds: T=2 -0.08, T=4 +0.17, T=8 +0.50, T=16 +0.58 points): pass temperature=8 there, as the
+    # benchmark's "plain" setting does. docs/train.md has the tables and the 3-seed test numbers.
     temperature: float = Field(2.0, gt=0, description="Softening temperature T (at the first epoch when scheduled).")
     temperature_final: float | None = Field(None, gt=0, description="Anneal T linearly to this by the last epoch (high to low).")
     alpha: float = Field(1.0, ge=0, le=1, description="Weight of the soft (teacher) loss; 1 - alpha goes to the labels.")
